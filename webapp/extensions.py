@@ -1,0 +1,54 @@
+"""Extensions, created unbound and bound to the app in create_app()."""
+
+from __future__ import annotations
+
+from celery import Celery, Task
+from flask import Flask
+from flask_login import LoginManager
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from flask_wtf import CSRFProtect
+from sqlalchemy.orm import DeclarativeBase
+
+
+class Base(DeclarativeBase):
+    """Declarative base for the typed SQLAlchemy 2.0 models."""
+
+
+db = SQLAlchemy(model_class=Base)
+migrate = Migrate()
+csrf = CSRFProtect()
+login_manager = LoginManager()
+login_manager.login_view = "account.login"
+login_manager.login_message = "Please sign in to see that page."
+login_manager.login_message_category = "info"
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Bind a Celery app to this Flask app (Flask docs' pattern): tasks run in an app context."""
+
+    class FlaskTask(Task):
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.config_from_object(
+        {
+            "broker_url": app.config["REDIS_URL"],
+            "result_backend": app.config["REDIS_URL"],
+            "task_ignore_result": True,
+            "task_default_queue": "default",
+            # Model work runs on its own queue so page-facing tasks never wait behind it.
+            "task_routes": {"worker.tasks.ml_*": {"queue": "ml"}},
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            "worker_prefetch_multiplier": 1,
+            "broker_connection_retry_on_startup": True,
+            "result_expires": 3600,
+        }
+    )
+    celery_app.conf.update(app.config.get("CELERY", {}))
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app

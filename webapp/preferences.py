@@ -1,0 +1,98 @@
+"""A shopper's preferences: one value type for anonymous (session) and signed-in shoppers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Category levels a shopper may hide, as FACETS keys.
+HIDE_LEVELS = ("master", "sub", "type")
+
+
+@dataclass
+class Preferences:
+    """Disliked colours, preferred genders and hidden categories. Empty means no filtering."""
+
+    disliked_colours: set[str] = field(default_factory=set)
+    genders: set[str] = field(default_factory=set)
+    hidden: dict[str, set[str]] = field(default_factory=lambda: {k: set() for k in HIDE_LEVELS})
+    hide_disliked_colours: bool = True
+
+    @property
+    def is_empty(self) -> bool:
+        """True when nothing would be filtered."""
+        return not (
+            (self.disliked_colours and self.hide_disliked_colours)
+            or self.genders
+            or any(self.hidden.values())
+        )
+
+    def excludes(self, product: Any) -> bool:
+        """True when a product (anything with the Product attributes) is filtered out."""
+        if self.hide_disliked_colours and product.base_colour in self.disliked_colours:
+            return True
+        if self.genders and product.gender not in self.genders:
+            return True
+        return (
+            product.master_category in self.hidden["master"]
+            or product.sub_category in self.hidden["sub"]
+            or product.article_type in self.hidden["type"]
+        )
+
+    def merged(self, other: Preferences) -> Preferences:
+        """Union of two sets of preferences (used when an anonymous shopper signs in)."""
+        return Preferences(
+            disliked_colours=self.disliked_colours | other.disliked_colours,
+            genders=self.genders | other.genders,
+            hidden={k: self.hidden[k] | other.hidden[k] for k in HIDE_LEVELS},
+            hide_disliked_colours=self.hide_disliked_colours and other.hide_disliked_colours,
+        )
+
+    def items(self) -> list[tuple[str, str]]:
+        """(kind, value) pairs, the stored form."""
+        pairs = [("colour", c) for c in sorted(self.disliked_colours)]
+        pairs += [("gender", g) for g in sorted(self.genders)]
+        for level in HIDE_LEVELS:
+            pairs += [(level, v) for v in sorted(self.hidden[level])]
+        return pairs
+
+    @classmethod
+    def from_items(cls, pairs: list[tuple[str, str]], hide_disliked_colours: bool = True) -> Preferences:
+        """Inverse of items()."""
+        prefs = cls(hide_disliked_colours=hide_disliked_colours)
+        for kind, value in pairs:
+            if kind == "colour":
+                prefs.disliked_colours.add(value)
+            elif kind == "gender":
+                prefs.genders.add(value)
+            elif kind in HIDE_LEVELS:
+                prefs.hidden[kind].add(value)
+        return prefs
+
+    def to_session(self) -> dict[str, Any]:
+        """JSON-safe form for the signed cookie session."""
+        return {"items": self.items(), "hide_colours": self.hide_disliked_colours}
+
+    @classmethod
+    def from_session(cls, data: dict[str, Any] | None) -> Preferences:
+        """Inverse of to_session(); tolerates a missing or malformed value."""
+        if not isinstance(data, dict):
+            return cls()
+        pairs = [tuple(p) for p in data.get("items", []) if isinstance(p, (list, tuple)) and len(p) == 2]
+        return cls.from_items(pairs, bool(data.get("hide_colours", True)))
+
+
+SESSION_KEY = "preferences"
+
+
+def current_preferences() -> Preferences:
+    """The preferences of whoever makes the current request."""
+    from flask import session
+    from flask_login import current_user
+
+    if current_user.is_authenticated:
+        return Preferences.from_items(
+            [(p.kind, p.value) for p in current_user.preference_items],
+            current_user.hide_disliked_colours,
+        )
+    return Preferences.from_session(session.get(SESSION_KEY))
