@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask
 
 from webapp import config as settings
+from webapp import models  # noqa: F401  (registers the models and the user loader)
 from webapp.extensions import celery_init_app, csrf, db, login_manager, migrate
 
 logger = logging.getLogger(__name__)

@@ -35,7 +35,11 @@ def render_error(code: int, message: str | None = None):
     message = message or MESSAGES.get(code, "Something went wrong.")
     if wants_json():
         return jsonify(error=message, status=code), code
-    return render_template("errors/error.html", code=code, message=message), code
+    try:
+        return render_template("errors/error.html", code=code, message=message), code
+    except Exception:  # the page itself failed (e.g. the DB is down): plain text, still no trace
+        logger.exception("error page failed to render")
+        return f"{code}: {message}", code, {"Content-Type": "text/plain; charset=utf-8"}
 
 
 def register(app: Flask) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from webapp.extensions import db
+from webapp.extensions import db, login_manager
 
 
 def utcnow() -> datetime:
@@ -135,3 +135,12 @@ class PreferenceItem(db.Model):
     user: Mapped[User] = relationship(back_populates="preference_items")
 
     __table_args__ = (UniqueConstraint("user_id", "kind", "value", name="uq_preference_item"),)
+
+
+@login_manager.user_loader
+def load_user(user_id: str) -> User | None:
+    """Flask-Login's session -> user lookup."""
+    try:
+        return db.session.get(User, int(user_id))
+    except (TypeError, ValueError):
+        return None
