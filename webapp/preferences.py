@@ -57,7 +57,9 @@ class Preferences:
         return pairs
 
     @classmethod
-    def from_items(cls, pairs: list[tuple[str, str]], hide_disliked_colours: bool = True) -> Preferences:
+    def from_items(
+        cls, pairs: list[tuple[str, str]], hide_disliked_colours: bool = True
+    ) -> Preferences:
         """Inverse of items()."""
         prefs = cls(hide_disliked_colours=hide_disliked_colours)
         for kind, value in pairs:
@@ -78,7 +80,9 @@ class Preferences:
         """Inverse of to_session(); tolerates a missing or malformed value."""
         if not isinstance(data, dict):
             return cls()
-        pairs = [tuple(p) for p in data.get("items", []) if isinstance(p, (list, tuple)) and len(p) == 2]
+        pairs = [
+            tuple(p) for p in data.get("items", []) if isinstance(p, (list, tuple)) and len(p) == 2
+        ]
         return cls.from_items(pairs, bool(data.get("hide_colours", True)))
 
 
@@ -96,3 +100,58 @@ def current_preferences() -> Preferences:
             current_user.hide_disliked_colours,
         )
     return Preferences.from_session(session.get(SESSION_KEY))
+
+
+def user_preferences(user: Any) -> Preferences:
+    """The preferences stored for a signed-in user."""
+    return Preferences.from_items(
+        [(p.kind, p.value) for p in user.preference_items], user.hide_disliked_colours
+    )
+
+
+def store_user_preferences(user: Any, prefs: Preferences) -> None:
+    """Make the user's PreferenceItem rows match ``prefs`` (not committed).
+
+    Rows are diffed rather than deleted and re-added: a flush inserts before it deletes,
+    so re-adding an unchanged (kind, value) would trip the unique constraint.
+    """
+    from webapp.models import PreferenceItem
+
+    wanted = set(prefs.items())
+    current = {(item.kind, item.value): item for item in user.preference_items}
+    for key, item in current.items():
+        if key not in wanted:
+            user.preference_items.remove(item)
+    for kind, value in sorted(wanted - current.keys()):
+        user.preference_items.append(PreferenceItem(kind=kind, value=value))
+    user.hide_disliked_colours = prefs.hide_disliked_colours
+
+
+def save_user_preferences(user: Any, prefs: Preferences) -> None:
+    """Store and commit a user's preferences."""
+    from sqlalchemy.exc import IntegrityError
+
+    from webapp.extensions import db
+
+    store_user_preferences(user, prefs)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        # A concurrent save (a double-clicked button) added the same row first: diff
+        # against what is stored now and try once more.
+        db.session.rollback()
+        store_user_preferences(user, prefs)
+        db.session.commit()
+
+
+def save_preferences(prefs: Preferences) -> None:
+    """Keep ``prefs`` for whoever makes the current request: DB rows or the session."""
+    from flask import session
+    from flask_login import current_user
+
+    if current_user.is_authenticated:
+        save_user_preferences(current_user, prefs)
+    elif prefs == Preferences():
+        session.pop(SESSION_KEY, None)
+    else:
+        session[SESSION_KEY] = prefs.to_session()
