@@ -1,0 +1,77 @@
+"""The embedding store: atomic parts, resumable writes, crash-safe compaction."""
+
+import numpy as np
+import pytest
+
+from worker.ml.store import EmbeddingStore
+
+
+def unit(rows: int, dim: int = 8, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((rows, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_parts_upsert_delete_and_compact(tmp_path):
+    store = EmbeddingStore(tmp_path, "tiny-seed0-32-avg")
+    v = unit(5)
+    store.write_part([30, 10, 20], v[:3], keys=["a", "b", "c"])
+    store.write_part([40, 10], v[3:5], keys=["d", "bb"])  # 10 is replaced
+    store.write_part(deleted=[20])
+    ids, vectors = store.load()
+    assert ids.tolist() == [10, 30, 40]
+    np.testing.assert_allclose(vectors[0], v[4])
+    np.testing.assert_allclose(vectors[1], v[0])
+    assert store.keys_by_id() == {10: "bb", 30: "a", 40: "d"}
+
+    store.compact()
+    assert not list((tmp_path / "tiny-seed0-32-avg" / "parts").glob("*.npz"))
+    reopened = EmbeddingStore(tmp_path, "tiny-seed0-32-avg")
+    ids2, vectors2 = reopened.load()
+    assert ids2.tolist() == [10, 30, 40]
+    np.testing.assert_array_equal(vectors2, vectors)
+    assert reopened.keys_by_id()[10] == "bb"
+    np.testing.assert_allclose(reopened.get([40, 10]), np.stack([v[3], v[4]]))
+    assert reopened.positions([30, 99]).tolist() == [1, -1]
+
+    # A part written after compaction is applied on top of the new base.
+    reopened.write_part([50], unit(1, seed=3), keys=["e"])
+    assert reopened.ids().tolist() == [10, 30, 40, 50]
+
+
+def test_compaction_crash_leaves_store_readable(tmp_path, monkeypatch):
+    store = EmbeddingStore(tmp_path, "m1")
+    store.write_part([1, 2], unit(2), keys=["x", "y"])
+    store.compact()
+    store.write_part([3], unit(1, seed=1), keys=["z"])
+    before = store.ids().tolist()
+
+    import worker.ml.store as mod
+
+    real = mod._atomic_save
+
+    def failing(path, write):
+        if path.name == "state.json":
+            raise OSError("disk full")
+        return real(path, write)
+
+    monkeypatch.setattr(mod, "_atomic_save", failing)
+    with pytest.raises(OSError):
+        store.compact()
+    monkeypatch.setattr(mod, "_atomic_save", real)
+    assert EmbeddingStore(tmp_path, "m1").ids().tolist() == before == [1, 2, 3]
+    store.compact()  # a retry completes
+    assert EmbeddingStore(tmp_path, "m1").ids().tolist() == [1, 2, 3]
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError):
+        EmbeddingStore(tmp_path, "../escape")
+    store = EmbeddingStore(tmp_path, "m")
+    with pytest.raises(ValueError):
+        store.write_part([1, 2], unit(1))
+    store.write_part([1], unit(1, dim=8))
+    with pytest.raises(ValueError, match="dimension"):
+        store.write_part([2], unit(1, dim=4))
+    with pytest.raises(KeyError):
+        store.get([7])
+    assert len(store) == 1

@@ -1,0 +1,143 @@
+"""Neighbour lists in Redis: compact encoding, pipelined writes, one atomic switch per model.
+
+Keys (``P`` = prefix, ``M`` = model id)::
+
+    P:active             the model id whose lists pages serve
+    P:M:list:<id>        K neighbours of product <id>: int32 ids then float16 scores, little-endian
+    P:M:kth              float32 per product in ``P:M:ids`` order: the K-th score of its list
+    P:M:ids              int64 ids of the products with lists (the order of ``kth``)
+    P:M:meta             hash: k, count, built_at, complete
+
+Plain Python and a Redis client; no Flask here, so the web tier and the workers share it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+PREFIX = "nbrs"
+ID_DTYPE = np.dtype("<i4")
+SCORE_DTYPE = np.dtype("<f2")
+
+
+def encode(ids: np.ndarray, scores: np.ndarray) -> bytes:
+    """Pack one list: 6 bytes per neighbour."""
+    return np.asarray(ids, ID_DTYPE).tobytes() + np.asarray(scores, SCORE_DTYPE).tobytes()
+
+
+def decode(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of encode()."""
+    n = len(blob) // (ID_DTYPE.itemsize + SCORE_DTYPE.itemsize)
+    ids = np.frombuffer(blob, ID_DTYPE, n)
+    scores = np.frombuffer(blob, SCORE_DTYPE, n, offset=n * ID_DTYPE.itemsize)
+    return ids.astype(np.int64), scores.astype(np.float32)
+
+
+class NeighbourCache:
+    """Read and write the neighbour lists of one Redis database."""
+
+    def __init__(self, redis_client, prefix: str = PREFIX) -> None:
+        self.r = redis_client
+        self.prefix = prefix
+
+    def key(self, model_id: str, *parts: object) -> str:
+        """Key for a model's item."""
+        return ":".join([self.prefix, model_id, *map(str, parts)])
+
+    # -- the switch ----------------------------------------------------------------------
+
+    def active_model(self) -> str | None:
+        """The model id pages serve, if any lists are complete."""
+        value = self.r.get(f"{self.prefix}:active")
+        return value.decode() if isinstance(value, bytes) else value
+
+    def activate(self, model_id: str) -> None:
+        """Make a model's complete lists the served ones, in one SET."""
+        if self.r.hget(self.key(model_id, "meta"), "complete") not in (b"1", "1"):
+            raise ValueError(f"neighbour lists of {model_id} are not complete")
+        self.r.set(f"{self.prefix}:active", model_id)
+
+    def meta(self, model_id: str) -> dict[str, str]:
+        """The build metadata of a model's lists."""
+        raw = self.r.hgetall(self.key(model_id, "meta"))
+        return {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write_lists(
+        self,
+        model_id: str,
+        product_ids: Sequence[int],
+        neighbour_ids: np.ndarray,
+        scores: np.ndarray,
+        *,
+        chunk: int = 2000,
+    ) -> None:
+        """Write many lists with pipelined SETs (no transaction needed: each SET is atomic)."""
+        for start in range(0, len(product_ids), chunk):
+            pipe = self.r.pipeline(transaction=False)
+            for i in range(start, min(start + chunk, len(product_ids))):
+                pipe.set(self.key(model_id, "list", int(product_ids[i])), encode(neighbour_ids[i], scores[i]))
+            pipe.execute()
+
+    def delete_lists(self, model_id: str, product_ids: Iterable[int]) -> None:
+        """Remove the lists of deleted products."""
+        keys = [self.key(model_id, "list", int(p)) for p in product_ids]
+        if keys:
+            self.r.delete(*keys)
+
+    def write_index(self, model_id: str, ids: np.ndarray, kth: np.ndarray, k: int, complete: bool) -> None:
+        """Store which products have lists and each list's K-th score (for incremental upkeep)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self.key(model_id, "ids"), np.asarray(ids, "<i8").tobytes())
+        pipe.set(self.key(model_id, "kth"), np.asarray(kth, "<f4").tobytes())
+        pipe.hset(
+            self.key(model_id, "meta"),
+            mapping={"k": k, "count": len(ids), "built_at": f"{time.time():.0f}", "complete": int(complete)},
+        )
+        pipe.execute()
+
+    def read_index(self, model_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, kth scores) as written by write_index()."""
+        ids, kth = self.r.mget(self.key(model_id, "ids"), self.key(model_id, "kth"))
+        if ids is None or kth is None:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        return np.frombuffer(ids, "<i8").copy(), np.frombuffer(kth, "<f4").copy()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get_list(self, model_id: str, product_id: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """One product's neighbours (ids, scores) best first, or None when it has no list."""
+        blob = self.r.get(self.key(model_id, "list", int(product_id)))
+        return None if blob is None else decode(blob)
+
+    def get_lists(self, model_id: str, product_ids: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Several lists in one round trip."""
+        blobs = self.r.mget([self.key(model_id, "list", int(p)) for p in product_ids]) if product_ids else []
+        return [None if b is None else decode(b) for b in blobs]
+
+    def drop_model(self, model_id: str) -> int:
+        """Delete every key of a model that is no longer served; returns how many went."""
+        if self.active_model() == model_id:
+            raise ValueError("refusing to drop the active model's lists")
+        removed = 0
+        for batch in _chunks(self.r.scan_iter(match=self.key(model_id, "*"), count=5000), 5000):
+            removed += self.r.delete(*batch)
+        return removed
+
+
+def _chunks(iterable: Iterable, size: int):
+    batch: list = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
