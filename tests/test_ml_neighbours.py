@@ -40,7 +40,7 @@ def test_ties_are_ordered_by_index():
     scores = np.array([[0.5, 0.9, 0.2, 0.9, 0.1]], np.float32)
     idx, vals = top_k_rows(scores, 3)
     assert idx.tolist() == [[1, 3, 0]]
-    assert vals.tolist() == pytest.approx([[0.9, 0.9, 0.5]])
+    assert vals[0].tolist() == pytest.approx([0.9, 0.9, 0.5])
 
 
 def test_query_with_allowed_mask():
