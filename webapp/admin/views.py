@@ -1,11 +1,262 @@
-"""Admin area (placeholder)."""
+"""Admin area: the inventory (list, search, create, edit, (de)activate, delete)."""
 
-from flask import Blueprint
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from flask_login import current_user
+from sqlalchemy import distinct, or_, select
+from werkzeug.routing import BuildError
+
+from webapp.admin import services
+from webapp.admin.forms import (
+    TEXT_FIELDS,
+    ActionForm,
+    ProductCreateForm,
+    ProductEditForm,
+    ProductFilterForm,
+)
+from webapp.extensions import db, login_manager
+from webapp.models import Product
+from webapp.uploads import InvalidImage, resolve_image_path, validate_image
+
+logger = logging.getLogger(__name__)
 
 bp = Blueprint("admin", __name__)
 
+PAGE_SIZE = 50
+# Largest value of the 32-bit id column: longer digit strings are searched as names only.
+MAX_ID = 2**31 - 1
+# How many existing values each attribute box suggests.
+MAX_SUGGESTIONS = 300
+
+
+@bp.before_request
+def require_admin() -> ResponseReturnValue | None:
+    """Every admin page: anonymous visitors sign in first; signed-in non-admins get a 403."""
+    if not current_user.is_authenticated:
+        flash(login_manager.login_message, login_manager.login_message_category)
+        # After signing in the browser comes back with a GET, so a POST-only URL is no use.
+        if request.method in ("GET", "HEAD"):
+            next_url = request.full_path.rstrip("?")
+        else:
+            next_url = url_for("admin.product_list")
+        return redirect(url_for(login_manager.login_view, next=next_url))
+    if not current_user.is_admin:
+        abort(403)
+    return None
+
+
+@bp.context_processor
+def admin_helpers() -> dict[str, Any]:
+    """Template helpers for admin pages."""
+
+    def shop_url(product: Product) -> str | None:
+        # The shop shows active products only; the link is left out until the page exists.
+        if not product.active:
+            return None
+        try:
+            return url_for("shop.product_detail", product_id=product.id)
+        except BuildError:
+            return None
+
+    return {"shop_url": shop_url}
+
+
+def get_product_or_404(product_id: int) -> Product:
+    """Load a product for an admin page, or answer 404."""
+    product = db.session.get(Product, product_id)
+    if product is None:
+        abort(404, f"There is no product with id {product_id}.")
+    return product
+
+
+def _safe_next(target: str | None) -> str | None:
+    """A same-site path to return to, or None (never an open redirect)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return None
+    return target
+
+
+def _facet_options() -> dict[str, list[str]]:
+    """Existing values of each text attribute, suggested while typing."""
+    options: dict[str, list[str]] = {}
+    for name in TEXT_FIELDS:
+        column = getattr(Product, name)
+        stmt = (select(distinct(column)).where(column.is_not(None)).order_by(column)).limit(
+            MAX_SUGGESTIONS
+        )
+        options[name] = list(db.session.scalars(stmt))
+    return options
+
+
+def _max_pixels() -> int:
+    return int(current_app.config["MAX_IMAGE_PIXELS"])
+
+
+@bp.get("/")
+def index() -> ResponseReturnValue:
+    """The admin area starts at the product list."""
+    return redirect(url_for(".product_list"))
+
 
 @bp.get("/products")
-def product_list():
-    """Products."""
-    return "products"
+def product_list() -> ResponseReturnValue:
+    """Products, newest id first: search by name or exact id, filter by status, paginated."""
+    filters = ProductFilterForm(formdata=request.args)
+    filters.validate()
+    query = filters.q.data if not filters.q.errors else None
+    status = filters.status.data if filters.status.data in ("active", "inactive") else "all"
+
+    stmt = select(Product)
+    if query:
+        conditions = [Product.name.icontains(query, autoescape=True)]
+        if query.isascii() and query.isdigit() and int(query) <= MAX_ID:
+            conditions.append(Product.id == int(query))
+        stmt = stmt.where(or_(*conditions))
+    if status != "all":
+        stmt = stmt.where(Product.active.is_(status == "active"))
+    stmt = stmt.order_by(Product.id.desc())
+
+    page = request.args.get("page", 1, type=int)
+    pagination = db.paginate(stmt, page=page, per_page=PAGE_SIZE, error_out=False)
+    return render_template(
+        "admin/product_list.html",
+        filters=filters,
+        pagination=pagination,
+        query=query,
+        status=status,
+        action_form=ActionForm(),
+    )
+
+
+@bp.route("/products/new", methods=["GET", "POST"])
+def product_create() -> ResponseReturnValue:
+    """Add a product: every attribute plus a required photo."""
+    form = ProductCreateForm()
+    status = 200
+    if form.validate_on_submit():
+        try:
+            image = validate_image(form.image.data, max_pixels=_max_pixels())
+            product = services.create_product(form.product_data(), image)
+        except InvalidImage as exc:
+            form.image.errors.append(exc.message)
+        except services.ProductSaveError as exc:
+            flash(str(exc), "error")
+            status = 409
+        else:
+            flash(f"Product {product.id} “{product.name}” was created.", "success")
+            return redirect(url_for(".product_edit", product_id=product.id))
+    if form.is_submitted() and status == 200:
+        status = 422
+    return (
+        render_template("admin/product_create.html", form=form, options=_facet_options()),
+        status,
+    )
+
+
+@bp.route("/products/<int:product_id>/edit", methods=["GET", "POST"])
+def product_edit(product_id: int) -> ResponseReturnValue:
+    """Change a product's attributes; the photo is replaced only when a new one is chosen."""
+    product = get_product_or_404(product_id)
+    form = ProductEditForm(obj=product)
+    status = 200
+    if form.validate_on_submit():
+        try:
+            image = (
+                validate_image(form.image.data, max_pixels=_max_pixels())
+                if form.image.data
+                else None
+            )
+            services.update_product(product.id, form.product_data(), image)
+        except InvalidImage as exc:
+            form.image.errors.append(exc.message)
+        except services.ProductSaveError as exc:
+            flash(str(exc), "error")
+            status = 409
+        else:
+            flash(f"Product {product.id} was saved.", "success")
+            return redirect(url_for(".product_edit", product_id=product.id))
+    if form.is_submitted() and status == 200:
+        status = 422
+    return (
+        render_template(
+            "admin/product_edit.html",
+            form=form,
+            product=product,
+            options=_facet_options(),
+            action_form=ActionForm(),
+        ),
+        status,
+    )
+
+
+def _set_active(product_id: int, active: bool) -> ResponseReturnValue:
+    """Shared body of deactivate and reactivate."""
+    product = get_product_or_404(product_id)
+    form = ActionForm()
+    if not form.validate_on_submit():
+        abort(400)
+    services.set_active(product.id, active)
+    word = "reactivated: it is shown in the shop" if active else "deactivated: it is hidden"
+    flash(f"Product {product.id} was {word}.", "success")
+    return redirect(_safe_next(form.next.data) or url_for(".product_edit", product_id=product.id))
+
+
+@bp.post("/products/<int:product_id>/deactivate")
+def product_deactivate(product_id: int) -> ResponseReturnValue:
+    """Hide a product from the shop, keeping its data."""
+    return _set_active(product_id, False)
+
+
+@bp.post("/products/<int:product_id>/reactivate")
+def product_reactivate(product_id: int) -> ResponseReturnValue:
+    """Show a deactivated product in the shop again."""
+    return _set_active(product_id, True)
+
+
+@bp.route("/products/<int:product_id>/delete", methods=["GET", "POST"])
+def product_delete(product_id: int) -> ResponseReturnValue:
+    """Ask for confirmation, then delete the product and its uploaded photo."""
+    product = get_product_or_404(product_id)
+    form = ActionForm()
+    if form.validate_on_submit():
+        name = product.name
+        try:
+            services.delete_product(product.id)
+        except services.ProductSaveError as exc:
+            flash(str(exc), "error")
+            return redirect(url_for(".product_edit", product_id=product_id))
+        flash(f"Product {product_id} “{name}” was deleted.", "success")
+        return redirect(url_for(".product_list"))
+    return render_template(
+        "admin/product_delete.html", product=product, form=form, action_form=ActionForm()
+    )
+
+
+@bp.get("/products/<int:product_id>/image")
+def product_image(product_id: int) -> ResponseReturnValue:
+    """A product's photo, inactive products included (the shop serves active ones only)."""
+    product = get_product_or_404(product_id)
+    path = resolve_image_path(product.image_path, current_app.config["MEDIA_FOLDER"])
+    if path is None or not os.path.isfile(path):
+        abort(404, "This product has no photo.")
+    return send_file(path, conditional=True)
