@@ -1,0 +1,163 @@
+"""Embedding the catalogue, building neighbour lists and keeping them up to date incrementally."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+
+from tests.conftest import TEST_REDIS_URL, add_product
+from webapp.extensions import db
+from webapp.models import Product
+from webapp.similar import indexing
+from worker.ml.neighbours import all_neighbours
+
+COLOURS = ["Red", "Blue", "Green", "Black", "White", "Yellow"]
+RGB = {
+    "Red": (200, 30, 30),
+    "Blue": (30, 30, 200),
+    "Green": (30, 160, 40),
+    "Black": (15, 15, 15),
+    "White": (235, 235, 235),
+    "Yellow": (230, 210, 30),
+}
+
+
+def save_photo(media, name: str, colour: str, seed: int) -> str:
+    """A 60x80 product-like photo: a coloured shape with a little noise, on white."""
+    rng = np.random.default_rng(seed)
+    arr = np.full((80, 60, 3), 255, np.uint8)
+    top, left = rng.integers(5, 20), rng.integers(5, 15)
+    arr[top : top + 50, left : left + 35] = RGB[colour]
+    arr = np.clip(arr.astype(int) + rng.integers(-10, 10, arr.shape), 0, 255).astype(np.uint8)
+    path = media / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, "JPEG")
+    return name
+
+
+@pytest.fixture
+def redis_db():
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture
+def catalogue(app, redis_db, tmp_path):
+    """30 products with photos, embedded with the tiny backbone, lists built with K=5."""
+    app.config.update(EMBEDDING_BACKBONE="tiny", NEIGHBOURS_K=5)
+    media = tmp_path / "media"
+    with app.app_context():
+        for i in range(30):
+            colour = COLOURS[i % len(COLOURS)]
+            add_product(
+                id=1000 + i,
+                name=f"Product {i}",
+                base_colour=colour,
+                image_path=save_photo(media, f"p{i}.jpg", colour, i),
+            )
+        report = indexing.embed_catalog()
+        assert report.embedded == 30 and report.skipped == []
+        indexing.build_neighbours(report.model_id)
+    return app, report.model_id, media
+
+
+def all_lists(cache, model_id, ids):
+    return {int(p): cache.get_list(model_id, p) for p in ids}
+
+
+def test_embed_is_resumable_and_idempotent(catalogue):
+    app, model_id, media = catalogue
+    with app.app_context():
+        again = indexing.embed_catalog()
+        assert (again.embedded, again.already) == (0, 30)
+        store = indexing.store_for(model_id)
+        # Simulate a job killed half-way: drop 10 products from the store, then run again.
+        store.write_part(deleted=list(range(1000, 1010)))
+        resumed = indexing.embed_catalog()
+        assert resumed.embedded == 10 and resumed.already == 20
+        assert len(store) == 30
+
+
+def test_built_lists_equal_exact_search(catalogue):
+    app, model_id, _ = catalogue
+    with app.app_context():
+        cache = indexing.neighbour_cache()
+        assert cache.active_model() == model_id
+        ids, vectors = indexing.store_for(model_id).load()
+        idx, _ = all_neighbours(np.asarray(vectors), 5)
+        for row, product_id in enumerate(ids):
+            got, scores = cache.get_list(model_id, int(product_id))
+            assert got.tolist() == ids[idx[row]].tolist()
+            assert list(scores) == sorted(scores, reverse=True)
+
+
+def test_add_and_delete_update_only_affected_lists(catalogue):
+    app, model_id, media = catalogue
+    with app.app_context():
+        cache = indexing.neighbour_cache()
+        before = all_lists(cache, model_id, range(1000, 1030))
+
+        # A near copy of product 1000's photo must enter the lists of 1000's neighbours.
+        near = np.asarray(Image.open(media / "p0.jpg")).astype(int)
+        near[:5] = 255  # a slightly different crop of the same photo
+        Image.fromarray(near.astype(np.uint8)).save(media / "new.jpg", "JPEG")
+        new = add_product(id=2000, name="New red", base_colour="Red", image_path="new.jpg")
+        report = indexing.update_product(new.id)
+        assert report.action == "embedded"
+        after = all_lists(cache, model_id, range(1000, 1030))
+        assert 2000 in after[1000][0].tolist()
+        assert cache.get_list(model_id, 2000)[0][0] == 1000
+
+        # Exactly the lists that changed were rewritten; the rest were not touched.
+        changed = {p for p in before if before[p][0].tolist() != after[p][0].tolist()}
+        assert changed and changed <= set(report.rewritten) - {2000}
+        untouched = set(before) - set(report.rewritten)
+        assert untouched, "an add should not rewrite every list"
+
+        # The incremental result equals a full rebuild.
+        ids, vectors = indexing.store_for(model_id).load()
+        idx, _ = all_neighbours(np.asarray(vectors), 5)
+        for row, product_id in enumerate(ids):
+            assert cache.get_list(model_id, int(product_id))[0].tolist() == ids[idx[row]].tolist()
+
+        # Deleting it removes it from every list and drops its own.
+        db.session.delete(db.session.get(Product, 2000))
+        db.session.commit()
+        gone = indexing.update_product(2000)
+        assert gone.action == "removed" and gone.deleted_lists == [2000]
+        assert cache.get_list(model_id, 2000) is None
+        for product_id in range(1000, 1030):
+            assert 2000 not in cache.get_list(model_id, product_id)[0].tolist()
+        assert all_lists(cache, model_id, range(1000, 1030)).keys() == before.keys()
+        for product_id, (got, _) in all_lists(cache, model_id, range(1000, 1030)).items():
+            assert got.tolist() == before[product_id][0].tolist()
+
+
+def test_attribute_edit_does_not_touch_lists(catalogue):
+    app, model_id, _ = catalogue
+    with app.app_context():
+        product = db.session.get(Product, 1003)
+        product.name = "Renamed"
+        db.session.commit()
+        report = indexing.update_product(1003)
+        assert report.action == "unchanged" and report.rewritten == []
+
+
+def test_unreadable_photo_is_reported_not_fatal(app, redis_db, tmp_path):
+    app.config.update(EMBEDDING_BACKBONE="tiny")
+    media = tmp_path / "media"
+    media.mkdir(parents=True, exist_ok=True)
+    (media / "broken.jpg").write_bytes(b"not a jpeg")
+    with app.app_context():
+        add_product(id=1, image_path=save_photo(media, "ok.jpg", "Red", 1))
+        add_product(id=2, image_path="broken.jpg")
+        add_product(id=3, image_path="missing.jpg")
+        report = indexing.embed_catalog()
+        assert report.embedded == 1
+        assert sorted(pid for pid, _ in report.skipped) == [2, 3]
+        with pytest.raises(ValueError, match="embed the catalogue first"):
+            indexing.build_neighbours(report.model_id)

@@ -1,0 +1,1 @@
+"""Similar products: building the neighbour lists (workers) and serving them (pages, API)."""

@@ -1,0 +1,256 @@
+"""Building and keeping up the similarity index: runs in workers (or the CLI), never in pages.
+
+Three jobs, each idempotent (ARCHITECTURE.md rule 3):
+
+* ``embed_catalog``: embed every product photo not yet embedded by the configured backbone
+  (or whose photo changed), chunk by chunk, each chunk committed as an atomic part; a killed
+  job resumes where it stopped.
+* ``build_neighbours``: exact top-K for every product into Redis under the model id, then one
+  atomic switch makes the lists the served ones.
+* ``update_product``: after a product is created, edited or deleted, re-embed it if its photo
+  changed and rewrite only the lists it enters or leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flask import current_app
+from sqlalchemy import select
+
+from webapp.extensions import db, get_redis
+from webapp.media import image_file
+from webapp.models import Product
+from worker.ml.cache import NeighbourCache
+from worker.ml.neighbours import all_neighbours, top_k_rows
+from worker.ml.store import EmbeddingStore
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+# Float error allowed when deciding whether a product reaches another's K-th score.
+SCORE_TOLERANCE = 1e-5
+# Compact the store once this many parts have piled up (each admin change writes one).
+COMPACT_AFTER_PARTS = 50
+
+
+def load_backbone():
+    """The configured backbone (built once per process by the ML package's own cache)."""
+    from worker.ml.backbones import get_backbone
+
+    cfg = current_app.config
+    return get_backbone(
+        cfg["EMBEDDING_BACKBONE"],
+        input_size=cfg["EMBEDDING_INPUT_SIZE"] or None,
+        pooling=cfg["EMBEDDING_POOLING"],
+        resnet_weights=cfg["RESNET50_WEIGHTS"],
+        cache_dir=cfg["MODEL_FOLDER"],
+    )
+
+
+def store_for(model_id: str) -> EmbeddingStore:
+    """The embedding store of a model id under the configured model folder."""
+    return EmbeddingStore(current_app.config["MODEL_FOLDER"], model_id)
+
+
+def neighbour_cache() -> NeighbourCache:
+    """The Redis neighbour lists."""
+    return NeighbourCache(get_redis())
+
+
+def image_key(image_path: str | None, image_sha256: str | None) -> str:
+    """What an embedding was computed from: the photo's digest, else its path."""
+    return image_sha256 or f"path:{image_path}"
+
+
+@dataclass
+class EmbedReport:
+    """What one embedding run did."""
+
+    model_id: str
+    total: int = 0
+    embedded: int = 0
+    already: int = 0
+    removed: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def embed_catalog(backbone=None, *, chunk: int = 512, progress: Progress | None = None) -> EmbedReport:
+    """Embed every product photo the store lacks (or that changed); drop products that left."""
+    started = time.perf_counter()
+    backbone = backbone or load_backbone()
+    store = store_for(backbone.model_id)
+    media = current_app.config["MEDIA_FOLDER"]
+    rows = db.session.execute(
+        select(Product.id, Product.image_path, Product.image_sha256)
+        .where(Product.image_path.is_not(None))
+        .order_by(Product.id)
+    ).all()
+    db.session.rollback()  # end the read transaction: the job may run for many minutes
+    stored = store.keys_by_id()
+    wanted = {r.id: image_key(r.image_path, r.image_sha256) for r in rows}
+    todo = [r for r in rows if stored.get(r.id) != wanted[r.id]]
+    report = EmbedReport(backbone.model_id, total=len(rows), already=len(rows) - len(todo))
+
+    gone = sorted(set(stored) - set(wanted))
+    if gone:
+        store.write_part(deleted=gone)
+        report.removed = len(gone)
+    if progress:
+        progress(report.already, report.total)
+    batch_size = current_app.config["EMBEDDING_BATCH_SIZE"]
+    for start in range(0, len(todo), chunk):
+        ids, keys, images = [], [], []
+        for r in todo[start : start + chunk]:
+            path = image_file(r.image_path, media)
+            try:
+                images.append(_read_image(path))
+            except (OSError, ValueError) as exc:
+                report.skipped.append((r.id, f"unreadable photo {path}: {exc}"))
+                continue
+            ids.append(r.id)
+            keys.append(wanted[r.id])
+        if ids:
+            store.write_part(ids, backbone.embed(images, batch_size=batch_size), keys=keys)
+            report.embedded += len(ids)
+        if progress:
+            progress(report.already + min(start + chunk, len(todo)), report.total)
+    store.compact()
+    report.seconds = time.perf_counter() - started
+    for product_id, reason in report.skipped[:20]:
+        logger.warning("product %s not embedded: %s", product_id, reason)
+    return report
+
+
+def _read_image(path):
+    """Decode a photo for the backbone (RGB, orientation applied)."""
+    from worker.ml.preprocess import load_image
+
+    if path is None:
+        raise ValueError("no photo path")
+    return load_image(path)
+
+
+@dataclass
+class NeighbourReport:
+    """What one neighbour-list build did."""
+
+    model_id: str
+    products: int
+    k: int
+    seconds_compute: float
+    seconds_write: float
+    activated: bool
+
+
+def build_neighbours(
+    model_id: str, *, k: int | None = None, activate: bool = True, progress: Progress | None = None
+) -> NeighbourReport:
+    """Exact top-K lists for every embedded product, written under the model id, then served."""
+    k = k or current_app.config["NEIGHBOURS_K"]
+    cache = neighbour_cache()
+    ids, vectors = store_for(model_id).load()
+    if len(ids) < 2:
+        raise ValueError(f"model {model_id} has {len(ids)} embedded products; embed the catalogue first")
+    t0 = time.perf_counter()
+    idx, scores = all_neighbours(np.asarray(vectors), k, progress=progress)
+    t1 = time.perf_counter()
+    old_ids, old_kth = cache.read_index(model_id)
+    # Mark incomplete while lists are rewritten, so a crash never leaves a "complete" mix.
+    cache.write_index(model_id, old_ids, old_kth, k=k, complete=False)
+    cache.write_lists(model_id, ids, ids[idx], scores)
+    cache.delete_lists(model_id, np.setdiff1d(old_ids, ids))
+    cache.write_index(model_id, ids, kth_scores(scores, k), k=k, complete=True)
+    t2 = time.perf_counter()
+    if activate:
+        cache.activate(model_id)
+    logger.info("neighbour lists for %s: %d products, compute %.1fs, write %.1fs",
+                model_id, len(ids), t1 - t0, t2 - t1)
+    return NeighbourReport(model_id, len(ids), k, t1 - t0, t2 - t1, activate)
+
+
+def kth_scores(scores: np.ndarray, k: int) -> np.ndarray:
+    """The score a newcomer must beat to enter each list (-inf while a list is not full)."""
+    if scores.shape[1] < k:
+        return np.full(len(scores), -np.inf, np.float32)
+    return scores[:, k - 1].astype(np.float32)
+
+
+@dataclass
+class UpdateReport:
+    """What one incremental update did."""
+
+    product_id: int
+    action: str  # embedded | unchanged | removed | absent
+    rewritten: list[int] = field(default_factory=list)
+    deleted_lists: list[int] = field(default_factory=list)
+
+
+def update_product(product_id: int, backbone=None) -> UpdateReport:
+    """Bring one product's embedding and every list it touches up to date, without a rebuild."""
+    backbone = backbone or load_backbone()
+    model_id = backbone.model_id
+    store = store_for(model_id)
+    product = db.session.get(Product, product_id)
+    stored_keys = store.keys_by_id()
+    old_vec = store.get([product_id])[0] if product_id in stored_keys else None
+
+    if product is None or not product.image_path:
+        if old_vec is None:
+            return UpdateReport(product_id, "absent")
+        store.write_part(deleted=[product_id])
+        new_vec, action = None, "removed"
+    else:
+        key = image_key(product.image_path, product.image_sha256)
+        if stored_keys.get(product_id) == key:
+            # Attribute edits do not move a product in visual space; pages read attributes live.
+            return UpdateReport(product_id, "unchanged")
+        path = image_file(product.image_path, current_app.config["MEDIA_FOLDER"])
+        new_vec = backbone.embed([_read_image(path)])[0]
+        store.write_part([product_id], new_vec[None, :], keys=[key])
+        action = "embedded"
+
+    report = UpdateReport(product_id, action)
+    cache = neighbour_cache()
+    if cache.meta(model_id).get("complete") == "1":
+        _update_lists(cache, store, model_id, product_id, old_vec, new_vec, report)
+    if len(store._parts()) >= COMPACT_AFTER_PARTS:
+        store.compact()
+    return report
+
+
+def _update_lists(cache, store, model_id, product_id, old_vec, new_vec, report) -> None:
+    """Rewrite the lists that gain or lose ``product_id``; leave every other list untouched."""
+    k = int(cache.meta(model_id)["k"])
+    ids, vectors = store.load()
+    vectors = np.asarray(vectors)
+    old_index_ids, old_kth = cache.read_index(model_id)
+    kth = np.full(len(ids), np.nan, np.float32)
+    pos = np.searchsorted(old_index_ids, ids)
+    pos = np.minimum(pos, max(len(old_index_ids) - 1, 0))
+    known = (old_index_ids[pos] == ids) if len(old_index_ids) else np.zeros(len(ids), bool)
+    kth[known] = old_kth[pos[known]]
+
+    affected = ~known  # products without a list yet get one
+    for vec in (old_vec, new_vec):
+        if vec is not None:
+            affected |= vectors @ vec >= kth - SCORE_TOLERANCE
+    if new_vec is not None:
+        affected |= ids == product_id
+    rows = np.flatnonzero(affected)
+    if len(rows):
+        sims = vectors[rows] @ vectors.T
+        sims[np.arange(len(rows)), rows] = -np.inf
+        idx, scores = top_k_rows(sims, min(k, len(ids) - 1))
+        cache.write_lists(model_id, ids[rows], ids[idx], scores)
+        kth[rows] = kth_scores(scores, k)
+        report.rewritten = ids[rows].tolist()
+    if new_vec is None:
+        cache.delete_lists(model_id, [product_id])
+        report.deleted_lists = [product_id]
+    cache.write_index(model_id, ids, kth, k=k, complete=True)
