@@ -88,9 +88,11 @@ def register_blueprints(app: Flask) -> None:
     """Mount every area of the site."""
     from webapp.account.views import bp as account_bp
     from webapp.admin.views import bp as admin_bp
+    from webapp.api.views import bp as api_bp
     from webapp.shop.views import bp as shop_bp
 
     app.register_blueprint(shop_bp)
+    app.register_blueprint(api_bp, url_prefix="/api")
     app.register_blueprint(account_bp, url_prefix="/account")
     app.register_blueprint(admin_bp, url_prefix="/admin")
 
@@ -111,9 +113,11 @@ def register_security_headers(app: Flask) -> None:
 
 def register_commands(app: Flask) -> None:
     """flask catalog ..., flask user ..., flask config ..."""
-    from webapp.cli import register
+    from webapp.cli import catalog_cli, register
+    from webapp.similar.cli import register as register_similar
 
     register(app)
+    register_similar(catalog_cli, app)
 
 
 def register_template_context(app: Flask) -> None:

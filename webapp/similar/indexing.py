@@ -80,7 +80,9 @@ class EmbedReport:
     seconds: float = 0.0
 
 
-def embed_catalog(backbone=None, *, chunk: int = 512, progress: Progress | None = None) -> EmbedReport:
+def embed_catalog(
+    backbone=None, *, chunk: int = 512, progress: Progress | None = None
+) -> EmbedReport:
     """Embed every product photo the store lacks (or that changed); drop products that left."""
     started = time.perf_counter()
     backbone = backbone or load_backbone()
@@ -156,7 +158,9 @@ def build_neighbours(
     cache = neighbour_cache()
     ids, vectors = store_for(model_id).load()
     if len(ids) < 2:
-        raise ValueError(f"model {model_id} has {len(ids)} embedded products; embed the catalogue first")
+        raise ValueError(
+            f"model {model_id} has {len(ids)} embedded products; embed the catalogue first"
+        )
     t0 = time.perf_counter()
     idx, scores = all_neighbours(np.asarray(vectors), k, progress=progress)
     t1 = time.perf_counter()
@@ -169,8 +173,13 @@ def build_neighbours(
     t2 = time.perf_counter()
     if activate:
         cache.activate(model_id)
-    logger.info("neighbour lists for %s: %d products, compute %.1fs, write %.1fs",
-                model_id, len(ids), t1 - t0, t2 - t1)
+    logger.info(
+        "neighbour lists for %s: %d products, compute %.1fs, write %.1fs",
+        model_id,
+        len(ids),
+        t1 - t0,
+        t2 - t1,
+    )
     return NeighbourReport(model_id, len(ids), k, t1 - t0, t2 - t1, activate)
 
 

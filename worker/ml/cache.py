@@ -83,7 +83,10 @@ class NeighbourCache:
         for start in range(0, len(product_ids), chunk):
             pipe = self.r.pipeline(transaction=False)
             for i in range(start, min(start + chunk, len(product_ids))):
-                pipe.set(self.key(model_id, "list", int(product_ids[i])), encode(neighbour_ids[i], scores[i]))
+                pipe.set(
+                    self.key(model_id, "list", int(product_ids[i])),
+                    encode(neighbour_ids[i], scores[i]),
+                )
             pipe.execute()
 
     def delete_lists(self, model_id: str, product_ids: Iterable[int]) -> None:
@@ -92,14 +95,21 @@ class NeighbourCache:
         if keys:
             self.r.delete(*keys)
 
-    def write_index(self, model_id: str, ids: np.ndarray, kth: np.ndarray, k: int, complete: bool) -> None:
+    def write_index(
+        self, model_id: str, ids: np.ndarray, kth: np.ndarray, k: int, complete: bool
+    ) -> None:
         """Store which products have lists and each list's K-th score (for incremental upkeep)."""
         pipe = self.r.pipeline(transaction=True)
         pipe.set(self.key(model_id, "ids"), np.asarray(ids, "<i8").tobytes())
         pipe.set(self.key(model_id, "kth"), np.asarray(kth, "<f4").tobytes())
         pipe.hset(
             self.key(model_id, "meta"),
-            mapping={"k": k, "count": len(ids), "built_at": f"{time.time():.0f}", "complete": int(complete)},
+            mapping={
+                "k": k,
+                "count": len(ids),
+                "built_at": f"{time.time():.0f}",
+                "complete": int(complete),
+            },
         )
         pipe.execute()
 
@@ -117,9 +127,15 @@ class NeighbourCache:
         blob = self.r.get(self.key(model_id, "list", int(product_id)))
         return None if blob is None else decode(blob)
 
-    def get_lists(self, model_id: str, product_ids: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    def get_lists(
+        self, model_id: str, product_ids: Sequence[int]
+    ) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """Several lists in one round trip."""
-        blobs = self.r.mget([self.key(model_id, "list", int(p)) for p in product_ids]) if product_ids else []
+        blobs = (
+            self.r.mget([self.key(model_id, "list", int(p)) for p in product_ids])
+            if product_ids
+            else []
+        )
         return [None if b is None else decode(b) for b in blobs]
 
     def drop_model(self, model_id: str) -> int:

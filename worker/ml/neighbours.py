@@ -70,7 +70,9 @@ def query(
     _check(vectors, k)
     queries = np.atleast_2d(np.asarray(queries, np.float32))
     if queries.shape[1] != vectors.shape[1]:
-        raise ValueError(f"query dimension {queries.shape[1]} != index dimension {vectors.shape[1]}")
+        raise ValueError(
+            f"query dimension {queries.shape[1]} != index dimension {vectors.shape[1]}"
+        )
     if allowed is not None:
         rows = np.flatnonzero(allowed)
         idx, scores = top_k_rows(queries @ np.asarray(vectors[rows], np.float32).T, k)

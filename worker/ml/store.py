@@ -151,8 +151,10 @@ class EmbeddingStore:
             vectors = np.empty((0, 0), np.float32)
         vectors = np.asarray(vectors, dtype=np.float32)
         keys_list = [""] * len(ids_arr) if keys is None else list(keys)
-        keys_arr = np.asarray([k.encode() for k in keys_list], dtype="S") if keys_list else (
-            np.empty(0, "S1")
+        keys_arr = (
+            np.asarray([k.encode() for k in keys_list], dtype="S")
+            if keys_list
+            else (np.empty(0, "S1"))
         )
         if len(ids_arr) and not len(ids_arr) == len(vectors) == len(keys_arr):
             raise ValueError("ids, vectors and keys differ in length")
@@ -169,7 +171,9 @@ class EmbeddingStore:
         target = self.path / "parts" / f"{number:06d}.npz"
         _atomic_save(
             target,
-            lambda fh: np.savez(fh, ids=ids_arr, vectors=vectors, keys=keys_arr, deleted=deleted_arr),
+            lambda fh: np.savez(
+                fh, ids=ids_arr, vectors=vectors, keys=keys_arr, deleted=deleted_arr
+            ),
         )
         return target
 
@@ -214,8 +218,10 @@ def _apply(
         if keep.all():
             return ids, vectors, keys
         return ids[keep], np.asarray(vectors[keep], np.float32), keys[keep]
-    base = np.asarray(vectors[keep], np.float32) if vectors.size else np.empty(
-        (0, up_vectors.shape[1]), np.float32
+    base = (
+        np.asarray(vectors[keep], np.float32)
+        if vectors.size
+        else np.empty((0, up_vectors.shape[1]), np.float32)
     )
     all_ids = np.concatenate([ids[keep], up_ids])
     all_vectors = np.concatenate([base, up_vectors])

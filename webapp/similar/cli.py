@@ -1,0 +1,144 @@
+"""CLI for the similarity index: ``flask catalog embed|neighbours``, ``flask model check-backbone``."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from webapp import jobs
+
+model_cli = AppGroup("model", help="Image models: backbone choice and (later) heads.")
+
+
+def _bar(label: str):
+    """A click progress bar driven by (done, total) callbacks."""
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = click.progressbar(length=total, label=label, show_pos=True, file=None)
+            state["bar"].__enter__()
+            state["done"] = 0
+        state["bar"].update(done - state["done"])
+        state["done"] = done
+        if done >= total:
+            state.pop("bar").__exit__(None, None, None)
+
+    return update
+
+
+def register(catalog_cli: AppGroup, app) -> None:
+    """Add the index commands to the catalog group and the model group to the app."""
+
+    @catalog_cli.command("embed")
+    @click.option("--now", is_flag=True, help="Run here instead of enqueueing for a worker.")
+    def embed_command(now: bool) -> None:
+        """Embed the catalogue's photos and rebuild the neighbour lists (resumable)."""
+        if now:
+            from webapp.similar import indexing
+
+            report = indexing.embed_catalog(progress=_bar("Embedding"))
+            click.echo(
+                f"Model {report.model_id}: {report.embedded} embedded, {report.already} already "
+                f"done, {report.removed} removed, {len(report.skipped)} skipped "
+                f"({report.seconds:.0f}s)."
+            )
+            for product_id, reason in report.skipped[:20]:
+                click.echo(f"  skipped {product_id}: {reason}")
+            lists = indexing.build_neighbours(report.model_id, progress=_bar("Neighbours"))
+            click.echo(f"Neighbour lists: {lists.products} products, K={lists.k}, now served.")
+            return
+        from worker.tasks import INDEX_JOB, ml_index_catalog
+
+        task_id, new = jobs.enqueue_once(INDEX_JOB, ml_index_catalog.delay)
+        verb = "Enqueued" if new else "Already running:"
+        click.echo(
+            f"{verb} index job {task_id}; `flask --app wsgi catalog index-status` shows progress."
+        )
+
+    @catalog_cli.command("neighbours")
+    @click.option("--now", is_flag=True, help="Run here instead of enqueueing for a worker.")
+    def neighbours_command(now: bool) -> None:
+        """Rebuild every neighbour list of the configured backbone, then serve them."""
+        if now:
+            from webapp.similar import indexing
+
+            model_id = indexing.load_backbone().model_id
+            lists = indexing.build_neighbours(model_id, progress=_bar("Neighbours"))
+            click.echo(
+                f"Neighbour lists: {lists.products} products, K={lists.k}, computed in "
+                f"{lists.seconds_compute:.1f}s, written in {lists.seconds_write:.1f}s, now served."
+            )
+            return
+        from worker.tasks import INDEX_JOB, ml_build_neighbours
+
+        task_id, new = jobs.enqueue_once(INDEX_JOB, ml_build_neighbours.delay)
+        click.echo(f"{'Enqueued' if new else 'Already running:'} neighbour job {task_id}.")
+
+    @catalog_cli.command("index-status")
+    def index_status_command() -> None:
+        """Show the served model, its list count and any index job in flight."""
+        from celery.result import AsyncResult
+
+        from webapp.extensions import get_redis
+        from worker.ml.cache import NeighbourCache
+        from worker.tasks import INDEX_JOB
+
+        cache = NeighbourCache(get_redis())
+        active = cache.active_model()
+        click.echo(f"Served model: {active or 'none yet'}")
+        if active:
+            meta = cache.meta(active)
+            click.echo(f"  lists: {meta.get('count')} products, K={meta.get('k')}")
+        task_id = jobs.in_flight(INDEX_JOB)
+        if task_id:
+            res = AsyncResult(task_id)
+            info = res.info if isinstance(res.info, dict) else {}
+            click.echo(
+                f"Job {task_id}: {res.state} {info.get('stage', '')} "
+                f"{info.get('done', '')}/{info.get('total', '')}"
+            )
+        else:
+            click.echo("No index job in flight.")
+
+    @model_cli.command("check-backbone")
+    def check_backbone_command() -> None:
+        """If ResNet50's ImageNet weights cannot be had, switch this install to EfficientNet-Lite0."""
+        cfg = current_app.config
+        if cfg["EMBEDDING_BACKBONE"] != "resnet50":
+            click.echo(f"Backbone: {cfg['EMBEDDING_BACKBONE']}.")
+            return
+        from worker.ml.backbones import resnet50_weights_status
+
+        ok, reason = resnet50_weights_status(cfg["RESNET50_WEIGHTS"])
+        if ok:
+            click.echo(f"Backbone: resnet50 ({reason}).")
+            return
+        path = os.path.join(current_app.instance_path, "config.py")
+        write_setting(path, "EMBEDDING_BACKBONE", "efficientnet_lite0")
+        click.echo(
+            f"ResNet50's ImageNet weights are not available ({reason}); using efficientnet_lite0 "
+            f"instead, written to {path} (change EMBEDDING_BACKBONE there to switch back)."
+        )
+
+    app.cli.add_command(model_cli)
+
+
+def write_setting(path: str, name: str, value: str) -> None:
+    """Set ``NAME = "value"`` in a Python config file, replacing an existing line."""
+    line = f"{name} = {value!r}\n"
+    text = Path(path).read_text() if os.path.exists(path) else ""
+    pattern = re.compile(rf"^{re.escape(name)}\s*=.*$\n?", re.MULTILINE)
+    if pattern.search(text):
+        text = pattern.sub(line, text, count=1)
+    else:
+        text = (text if not text or text.endswith("\n") else text + "\n") + line
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
