@@ -1,11 +1,82 @@
-"""Catalogue pages (placeholder until the catalogue lands)."""
+"""The shop's catalogue, product pages and product photos."""
 
-from flask import Blueprint, render_template_string
+from __future__ import annotations
+
+import logging
+import os
+from decimal import Decimal
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
+from werkzeug.security import safe_join
+
+from webapp.preferences import current_preferences
+from webapp.shop import services
+from webapp.shop.services import FACET_LABELS, SORTS, CatalogArgsError
+
+logger = logging.getLogger(__name__)
 
 bp = Blueprint("shop", __name__)
 
+PLACEHOLDER_IMAGE = "img/placeholder.svg"
+
+
+@bp.app_template_filter("price")
+def format_price(value: Decimal | float | None) -> str:
+    """A price with thousands separators and two decimals; empty when unknown."""
+    return "" if value is None else f"{value:,.2f}"
+
 
 @bp.get("/")
-def catalog():
-    """The catalogue."""
-    return render_template_string("{% extends 'base.html' %}{% block content %}Catalogue{% endblock %}")
+def catalog() -> str:
+    """The catalogue: facet filters, name search, sorting and pagination, all in the URL."""
+    try:
+        query = services.parse_catalog_args(request.args)
+    except CatalogArgsError as exc:
+        abort(400, str(exc))
+    prefs = current_preferences()
+    result = services.catalog_page(query, prefs, current_app.config["PRODUCTS_PER_PAGE"])
+    return render_template(
+        "shop/catalog.html",
+        query=query,
+        result=result,
+        facet_labels=FACET_LABELS,
+        sorts=SORTS,
+        preference_notes=services.preference_summary(prefs),
+    )
+
+
+@bp.get("/products/<int:product_id>")
+def product_detail(product_id: int) -> str:
+    """One product: photo, attributes and breadcrumbs to its categories."""
+    product = services.get_product_or_404(product_id)
+    return render_template("shop/product_detail.html", product=product)
+
+
+@bp.get("/products/<int:product_id>/image")
+def product_image(product_id: int) -> Response:
+    """The product's photo, cacheable; the placeholder when it has none."""
+    product = services.get_product_or_404(product_id)
+    path = product.image_path
+    if path and not os.path.isabs(path):
+        joined = safe_join(current_app.config["MEDIA_FOLDER"], path)
+        if joined is None:
+            # Stored paths come from our own importer and uploads; one that climbs out of
+            # the media folder is a bad row, never something to serve.
+            logger.warning("product %s has an unsafe image path %r", product.id, path)
+            abort(404)
+        path = joined
+    if not path or not os.path.isfile(path):
+        return redirect(url_for("static", filename=PLACEHOLDER_IMAGE))
+    response = send_file(path, conditional=True, etag=True)
+    response.cache_control.public = True
+    return response
