@@ -169,7 +169,7 @@ def build_neighbours(
     cache.write_index(model_id, old_ids, old_kth, k=k, complete=False)
     cache.write_lists(model_id, ids, ids[idx], scores)
     cache.delete_lists(model_id, np.setdiff1d(old_ids, ids))
-    cache.write_index(model_id, ids, kth_scores(scores, k), k=k, complete=True)
+    cache.write_index(model_id, ids, kth_scores(scores, k), k=k, complete=True, full_build=True)
     t2 = time.perf_counter()
     if activate:
         cache.activate(model_id)

@@ -6,7 +6,7 @@ Keys (``P`` = prefix, ``M`` = model id)::
     P:M:list:<id>        K neighbours of product <id>: int32 ids then float16 scores, little-endian
     P:M:kth              float32 per product in ``P:M:ids`` order: the K-th score of its list
     P:M:ids              int64 ids of the products with lists (the order of ``kth``)
-    P:M:meta             hash: k, count, built_at, complete
+    P:M:meta             hash: k, count, built_at (full builds), updated_at (any write), complete
 
 Plain Python and a Redis client; no Flask here, so the web tier and the workers share it.
 """
@@ -96,20 +96,25 @@ class NeighbourCache:
             self.r.delete(*keys)
 
     def write_index(
-        self, model_id: str, ids: np.ndarray, kth: np.ndarray, k: int, complete: bool
+        self,
+        model_id: str,
+        ids: np.ndarray,
+        kth: np.ndarray,
+        k: int,
+        complete: bool,
+        full_build: bool = False,
     ) -> None:
         """Store which products have lists and each list's K-th score (for incremental upkeep)."""
+        now = f"{time.time():.3f}"
+        meta = {"k": k, "count": len(ids), "updated_at": now, "complete": int(complete)}
+        if full_build:
+            meta["built_at"] = now
         pipe = self.r.pipeline(transaction=True)
         pipe.set(self.key(model_id, "ids"), np.asarray(ids, "<i8").tobytes())
         pipe.set(self.key(model_id, "kth"), np.asarray(kth, "<f4").tobytes())
         pipe.hset(
             self.key(model_id, "meta"),
-            mapping={
-                "k": k,
-                "count": len(ids),
-                "built_at": f"{time.time():.0f}",
-                "complete": int(complete),
-            },
+            mapping=meta,
         )
         pipe.execute()
 
