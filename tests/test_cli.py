@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 from sqlalchemy import select
 
 from tests.conftest import add_product
+from webapp.cli import ImportProgress
 from webapp.extensions import db
 from webapp.models import Role, User
 
@@ -127,3 +130,26 @@ def test_config_table_still_prints(runner):
     result = runner.invoke(args=["config", "table"])
     assert result.exit_code == 0
     assert "| `CATALOG_IMAGE_MODE` | `CATALOG_IMAGE_MODE` |" in result.output
+
+
+def test_import_progress_draws_a_bar_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    progress = ImportProgress(stream)
+    for done in (0, 500, 1000):
+        progress(done, 1000)
+    progress.close()
+    assert "Importing" in stream.getvalue() and "100%" in stream.getvalue()
+
+
+def test_import_progress_prints_about_ten_lines_otherwise():
+    stream = io.StringIO()
+    progress = ImportProgress(stream)
+    for done in range(0, 1001, 50):
+        progress(done, 1000)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "Imported 0/1000 rows" and lines[-1] == "Imported 1000/1000 rows"
+    assert 10 <= len(lines) <= 12

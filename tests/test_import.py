@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import os
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -430,3 +431,33 @@ def test_service_reports_progress_per_batch(app, tmp_path):
 def test_service_rejects_an_unknown_image_mode(app, tmp_path):
     with app.app_context(), pytest.raises(CatalogError, match="image mode must be one of"):
         import_catalog(tmp_path, session=db.session, image_mode="symlink")
+
+
+def test_database_error_mid_import_is_reported_and_a_rerun_recovers(any_db_app, tmp_path):
+    folder = write_catalog(tmp_path / "cat", QUIRKY_ROWS)
+
+    def race(done: int, total: int) -> None:
+        # Another writer adds product 1 after the importer has read the table.
+        if done == 0:
+            with db.engine.begin() as connection:
+                connection.execute(
+                    Product.__table__.insert(),
+                    {
+                        "id": 1,
+                        "name": "Racer",
+                        "active": True,
+                        "created_at": now,
+                        "updated_at": now,
+                    },
+                )
+
+    now = datetime.now(UTC)
+    with any_db_app.app_context():
+        with pytest.raises(CatalogError) as info:
+            import_catalog(folder, session=db.session, batch_size=2, progress=race)
+        assert "the database refused the rows on lines 2-3" in str(info.value)
+        assert "running the import again continues safely" in str(info.value)
+        result = import_catalog(folder, session=db.session)
+    assert sorted(result.inserted) == [2, 3, 5]
+    assert result.updated == [1]
+    assert products(any_db_app)[1].name == "Blue Oxford Shirt"
