@@ -12,6 +12,7 @@ from wtforms import (
     DecimalField,
     HiddenField,
     IntegerField,
+    SelectChoice,
     SelectField,
     StringField,
     SubmitField,
@@ -155,7 +156,11 @@ class ProductFilterForm(FlaskForm):
     q = StringField("Search", filters=[_strip], validators=[Optional(), Length(max=300)])
     status = SelectField(
         "Status",
-        choices=[("all", "All"), ("active", "Active"), ("inactive", "Inactive")],
+        choices=[
+            SelectChoice("all", "All"),
+            SelectChoice("active", "Active"),
+            SelectChoice("inactive", "Inactive"),
+        ],
         default="all",
         validate_choice=False,
     )

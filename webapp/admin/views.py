@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("admin", __name__)
 
+# As elsewhere on the site: a submitted form that comes back with errors is answered 400;
+# a save that lost a race with another admin, 409.
+
 PAGE_SIZE = 50
 # Largest value of the 32-bit id column: longer digit strings are searched as names only.
 MAX_ID = 2**31 - 1
@@ -137,11 +140,13 @@ def product_list() -> ResponseReturnValue:
     stmt = stmt.order_by(Product.id.desc())
 
     page = request.args.get("page", 1, type=int)
-    pagination = db.paginate(stmt, page=page, per_page=PAGE_SIZE, error_out=False)
+    results = db.paginate(stmt, page=page, per_page=PAGE_SIZE, error_out=False)
     return render_template(
         "admin/product_list.html",
         filters=filters,
-        pagination=pagination,
+        results=results,
+        # Page links keep the filters; None values are left out of the URL.
+        filter_args={"q": query, "status": None if status == "all" else status},
         query=query,
         status=status,
         action_form=ActionForm(),
@@ -166,7 +171,7 @@ def product_create() -> ResponseReturnValue:
             flash(f"Product {product.id} “{product.name}” was created.", "success")
             return redirect(url_for(".product_edit", product_id=product.id))
     if form.is_submitted() and status == 200:
-        status = 422
+        status = 400
     return (
         render_template("admin/product_create.html", form=form, options=_facet_options()),
         status,
@@ -196,7 +201,7 @@ def product_edit(product_id: int) -> ResponseReturnValue:
             flash(f"Product {product.id} was saved.", "success")
             return redirect(url_for(".product_edit", product_id=product.id))
     if form.is_submitted() and status == 200:
-        status = 422
+        status = 400
     return (
         render_template(
             "admin/product_edit.html",
