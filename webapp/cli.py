@@ -44,6 +44,8 @@ class ImportProgress:
                 self.bar = click.progressbar(length=total, label="Importing", file=self.stream)
                 self.bar.__enter__()
             self.bar.update(done - self.done)
+            if done >= total:
+                self.close()  # end the bar before the importer logs its summary
         elif done >= self.next_report or done == total:
             click.echo(f"Imported {done}/{total} rows", file=self.stream)
             self.next_report = done + max(total // 10, 1)
