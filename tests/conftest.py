@@ -7,12 +7,15 @@ import os
 import re
 import uuid
 
+import numpy as np
 import pytest
+import redis
 from PIL import Image
 
 from webapp import create_app
 from webapp.extensions import db as _db
 from webapp.models import Product, Role, User
+from webapp.similar import indexing
 
 # PostgreSQL server used for the PostgreSQL runs; each test session gets its own database.
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -146,7 +149,9 @@ class AuthActions:
             _db.session.commit()
             return user.id
 
-    def login(self, role: str = "shopper", email: str | None = None, password: str = "correct horse"):
+    def login(
+        self, role: str = "shopper", email: str | None = None, password: str = "correct horse"
+    ):
         email = email or f"{role}@example.com"
         with self._app.app_context():
             exists = _db.session.query(User).filter_by(email=email).first()
@@ -174,3 +179,57 @@ def csrf_token_from(response) -> str:
 @pytest.fixture
 def auth(app, client):
     return AuthActions(app, client)
+
+
+# -- an indexed catalogue: tiny backbone, real Redis ------------------------------------
+
+COLOURS = ["Red", "Blue", "Green", "Black", "White", "Yellow"]
+RGB = {
+    "Red": (200, 30, 30),
+    "Blue": (30, 30, 200),
+    "Green": (30, 160, 40),
+    "Black": (15, 15, 15),
+    "White": (235, 235, 235),
+    "Yellow": (230, 210, 30),
+}
+
+
+def save_photo(media, name: str, colour: str, seed: int) -> str:
+    """A 60x80 product-like photo: a coloured shape with a little noise, on white."""
+    rng = np.random.default_rng(seed)
+    arr = np.full((80, 60, 3), 255, np.uint8)
+    top, left = rng.integers(5, 20), rng.integers(5, 15)
+    arr[top : top + 50, left : left + 35] = RGB[colour]
+    arr = np.clip(arr.astype(int) + rng.integers(-10, 10, arr.shape), 0, 255).astype(np.uint8)
+    path = media / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, "JPEG")
+    return name
+
+
+@pytest.fixture
+def redis_db():
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture
+def catalogue(app, redis_db, tmp_path):
+    """30 products with photos, embedded with the tiny backbone, lists built with K=5."""
+    app.config.update(EMBEDDING_BACKBONE="tiny", NEIGHBOURS_K=5)
+    media = tmp_path / "media"
+    with app.app_context():
+        for i in range(30):
+            colour = COLOURS[i % len(COLOURS)]
+            add_product(
+                id=1000 + i,
+                name=f"Product {i}",
+                base_colour=colour,
+                image_path=save_photo(media, f"p{i}.jpg", colour, i),
+            )
+        report = indexing.embed_catalog()
+        assert report.embedded == 30 and report.skipped == []
+        indexing.build_neighbours(report.model_id)
+    return app, report.model_id, media

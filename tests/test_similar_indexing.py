@@ -4,65 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import redis
 from PIL import Image
 
-from tests.conftest import TEST_REDIS_URL, add_product
+from tests.conftest import add_product, save_photo
 from webapp.extensions import db
 from webapp.models import Product
 from webapp.similar import indexing
 from worker.ml.neighbours import all_neighbours
-
-COLOURS = ["Red", "Blue", "Green", "Black", "White", "Yellow"]
-RGB = {
-    "Red": (200, 30, 30),
-    "Blue": (30, 30, 200),
-    "Green": (30, 160, 40),
-    "Black": (15, 15, 15),
-    "White": (235, 235, 235),
-    "Yellow": (230, 210, 30),
-}
-
-
-def save_photo(media, name: str, colour: str, seed: int) -> str:
-    """A 60x80 product-like photo: a coloured shape with a little noise, on white."""
-    rng = np.random.default_rng(seed)
-    arr = np.full((80, 60, 3), 255, np.uint8)
-    top, left = rng.integers(5, 20), rng.integers(5, 15)
-    arr[top : top + 50, left : left + 35] = RGB[colour]
-    arr = np.clip(arr.astype(int) + rng.integers(-10, 10, arr.shape), 0, 255).astype(np.uint8)
-    path = media / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, "JPEG")
-    return name
-
-
-@pytest.fixture
-def redis_db():
-    client = redis.Redis.from_url(TEST_REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-
-
-@pytest.fixture
-def catalogue(app, redis_db, tmp_path):
-    """30 products with photos, embedded with the tiny backbone, lists built with K=5."""
-    app.config.update(EMBEDDING_BACKBONE="tiny", NEIGHBOURS_K=5)
-    media = tmp_path / "media"
-    with app.app_context():
-        for i in range(30):
-            colour = COLOURS[i % len(COLOURS)]
-            add_product(
-                id=1000 + i,
-                name=f"Product {i}",
-                base_colour=colour,
-                image_path=save_photo(media, f"p{i}.jpg", colour, i),
-            )
-        report = indexing.embed_catalog()
-        assert report.embedded == 30 and report.skipped == []
-        indexing.build_neighbours(report.model_id)
-    return app, report.model_id, media
 
 
 def all_lists(cache, model_id, ids):

@@ -1,0 +1,126 @@
+"""Similar products on product pages and in the API: personalised, N filled, robust to outages."""
+
+from __future__ import annotations
+
+import logging
+
+from tests.conftest import add_product
+from webapp.extensions import db
+from webapp.models import Product
+from webapp.preferences import SESSION_KEY, Preferences
+from webapp.similar import indexing
+
+
+def similar_ids(client, product_id: int, query: str = "") -> list[int]:
+    response = client.get(f"/api/products/{product_id}/similar{query}")
+    assert response.status_code == 200, response.get_json()
+    return [item["id"] for item in response.get_json()["items"]]
+
+
+def test_product_page_shows_eight_similar_products(catalogue):
+    app, model_id, _ = catalogue  # K=5 cached: the other 3 come from the filtered search
+    client = app.test_client()
+    page = client.get("/products/1000")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "Similar products" in html
+    assert html.count('class="product-card similar-card"') == 8
+    assert "% alike" in html and "same type: Shirts" in html
+    assert 'href="/products/1000"' not in html.split("Similar products", 1)[1]
+
+
+def test_api_shape_and_plain_list(catalogue):
+    app, model_id, _ = catalogue
+    body = app.test_client().get("/api/products/1006/similar?n=4").get_json()
+    assert body["status"] == "ok" and body["model"] == model_id and body["product_id"] == 1006
+    assert len(body["items"]) == 4
+    item = body["items"][0]
+    assert {"id", "name", "score", "url", "image_url", "reasons"} <= item.keys()
+    assert item["image_url"] == f"/products/{item['id']}/image"
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    with app.app_context():
+        cached_ids, _ = indexing.neighbour_cache().get_list(model_id, 1006)
+    cached = cached_ids[:4].tolist()
+    assert [i["id"] for i in body["items"]] == cached
+
+
+def test_disliked_colour_and_gender_apply_while_choosing(catalogue):
+    app, _, _ = catalogue
+    client = app.test_client()
+    with app.app_context():
+        for pid in range(1001, 1030, 2):
+            db.session.get(Product, pid).gender = "Women"
+        db.session.commit()
+    with client.session_transaction() as session:
+        session[SESSION_KEY] = Preferences(disliked_colours={"Red", "Blue"}).to_session()
+    ids = similar_ids(client, 1000, "?n=8")
+    assert len(ids) == 8
+    with app.app_context():
+        colours = {db.session.get(Product, pid).base_colour for pid in ids}
+    assert not colours & {"Red", "Blue"}
+
+    ids = similar_ids(client, 1000, "?n=8&gender=Women&exclude_colours=Green")
+    with app.app_context():
+        rows = [db.session.get(Product, pid) for pid in ids]
+    assert len(rows) == 8
+    assert all(p.gender == "Women" and p.base_colour not in {"Red", "Blue", "Green"} for p in rows)
+
+
+def test_inactive_out_of_stock_and_self_never_shown(catalogue):
+    app, _, _ = catalogue
+    client = app.test_client()
+    first = similar_ids(client, 1000, "?n=3")
+    with app.app_context():
+        db.session.get(Product, first[0]).active = False
+        db.session.get(Product, first[1]).stock = 0
+        db.session.commit()
+    again = similar_ids(client, 1000, "?n=3")
+    assert first[0] not in again and first[1] not in again and 1000 not in again
+    assert len(again) == 3
+
+
+def test_n_is_all_eligible_when_fewer_exist(catalogue):
+    app, _, _ = catalogue
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session[SESSION_KEY] = Preferences(
+            disliked_colours={"Red", "Blue", "Green", "Black", "White"}
+        ).to_session()
+    ids = similar_ids(client, 1000, "?n=20")
+    assert len(ids) == 5  # the five yellow products are all that is eligible
+
+
+def test_bad_parameters_get_400(catalogue):
+    app, _, _ = catalogue
+    client = app.test_client()
+    for query in ("?n=0", "?n=abc", "?n=51", "?gender=Men&gender=Women"):
+        response = client.get(f"/api/products/1000/similar{query}")
+        assert response.status_code == 400
+        assert "error" in response.get_json()
+    assert client.get("/api/products/999999/similar").status_code == 404
+
+
+def test_product_not_yet_embedded(catalogue):
+    app, _, _ = catalogue
+    with app.app_context():
+        add_product(id=3000, name="Brand new")
+    client = app.test_client()
+    assert "being prepared" in client.get("/products/3000").get_data(as_text=True)
+    response = client.get("/api/products/3000/similar")
+    assert response.status_code == 503 and response.get_json()["status"] == "pending"
+
+
+def test_redis_down_pages_still_render(app, caplog):
+    app.config["REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there
+    with app.app_context():
+        add_product(id=7, name="Lonely shirt")
+    client = app.test_client()
+    with caplog.at_level(logging.WARNING):
+        page = client.get("/products/7")
+    assert page.status_code == 200
+    assert "Lonely shirt" in page.get_data(as_text=True)
+    assert "Recommendations are unavailable right now." in page.get_data(as_text=True)
+    assert any("similar products unavailable" in r.message for r in caplog.records)
+    api = client.get("/api/products/7/similar")
+    assert api.status_code == 503 and api.get_json()["status"] == "unavailable"
