@@ -37,7 +37,7 @@ def postgres_answers(url: str) -> None:
 def http_answers(url: str) -> None:
     """Raise unless ``url`` answers an HTTP request below status 500."""
     try:
-        with urllib.request.urlopen(url, timeout=2):
+        with urllib.request.urlopen(url, timeout=10):
             pass
     except urllib.error.HTTPError as exc:  # a 4xx page still proves the server is up
         if exc.code >= 500:
