@@ -87,12 +87,15 @@ def test_worker_builds_lists_and_keeps_them_up_to_date(e2e):
 
     with app.app_context():
         summary = ml_index_catalog.delay().get(timeout=180)
-        assert summary["embedded"] == 24 and summary["products"] == 24
+        assert summary["embedded"] == 24 and summary["products"] == 24 and summary["rebuilt"]
         cache = indexing.neighbour_cache()
         model_id = cache.active_model()
         assert model_id == summary["model"]
         before = {pid: cache.get_list(model_id, pid)[0].tolist() for pid in range(5000, 5024)}
         built_at = cache.meta(model_id)["built_at"]
+        again = ml_index_catalog.delay().get(timeout=60)
+        assert again["embedded"] == 0 and not again["rebuilt"], "a repeat run skips done work"
+        assert cache.meta(model_id)["built_at"] == built_at
 
         # A new product: a near copy of product 5000's photo.
         src = np.asarray(Image.open(tmp_path / "cat" / "images" / "5000.jpg")).copy()

@@ -45,17 +45,7 @@ def _progress(task, stage: str) -> Callable[[int, int], None]:
 def ml_index_catalog(self) -> dict[str, object]:
     """Embed what the store lacks, rebuild every neighbour list, then switch pages to them."""
     try:
-        embed = indexing.embed_catalog(progress=_progress(self, "embedding"))
-        lists = indexing.build_neighbours(embed.model_id, progress=_progress(self, "neighbours"))
-        return {
-            "model": embed.model_id,
-            "embedded": embed.embedded,
-            "already": embed.already,
-            "skipped": len(embed.skipped),
-            "products": lists.products,
-            "seconds_embed": round(embed.seconds, 1),
-            "seconds_neighbours": round(lists.seconds_compute + lists.seconds_write, 1),
-        }
+        return indexing.index_catalog(lambda stage: _progress(self, stage))
     finally:
         jobs.finished(INDEX_JOB, self.request.id)
 

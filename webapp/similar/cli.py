@@ -42,16 +42,16 @@ def register(catalog_cli: AppGroup, app) -> None:
         if now:
             from webapp.similar import indexing
 
-            report = indexing.embed_catalog(progress=_bar("Embedding"))
+            summary = indexing.index_catalog(lambda stage: _bar(stage.capitalize()))
             click.echo(
-                f"Model {report.model_id}: {report.embedded} embedded, {report.already} already "
-                f"done, {report.removed} removed, {len(report.skipped)} skipped "
-                f"({report.seconds:.0f}s)."
+                f"Model {summary['model']}: {summary['embedded']} embedded, "
+                f"{summary['already']} already done, {summary['removed']} removed, "
+                f"{summary['skipped_count']} skipped ({summary['seconds_embed']}s)."
             )
-            for product_id, reason in report.skipped[:20]:
-                click.echo(f"  skipped {product_id}: {reason}")
-            lists = indexing.build_neighbours(report.model_id, progress=_bar("Neighbours"))
-            click.echo(f"Neighbour lists: {lists.products} products, K={lists.k}, now served.")
+            for line in summary["skipped"][:20]:
+                click.echo(f"  skipped {line}")
+            verb = "rebuilt" if summary["rebuilt"] else "unchanged"
+            click.echo(f"Neighbour lists {verb}: {summary['products']} products, now served.")
             return
         from worker.tasks import INDEX_JOB, ml_index_catalog
 

@@ -183,6 +183,39 @@ def build_neighbours(
     return NeighbourReport(model_id, len(ids), k, t1 - t0, t2 - t1, activate)
 
 
+def lists_up_to_date(report: EmbedReport) -> bool:
+    """True when an embedding run changed nothing and the model's lists are complete."""
+    if report.embedded or report.removed:
+        return False
+    meta = neighbour_cache().meta(report.model_id)
+    return meta.get("complete") == "1" and meta.get("count") == str(len(store_for(report.model_id)))
+
+
+def index_catalog(progress_for: Callable[[str], Progress | None] = lambda stage: None) -> dict:
+    """Embed what the store lacks, rebuild the lists if anything changed, serve them."""
+    embed = embed_catalog(progress=progress_for("embedding"))
+    summary: dict[str, object] = {
+        "model": embed.model_id,
+        "embedded": embed.embedded,
+        "already": embed.already,
+        "removed": embed.removed,
+        "skipped": [f"{pid}: {reason}" for pid, reason in embed.skipped[:50]],
+        "skipped_count": len(embed.skipped),
+        "seconds_embed": round(embed.seconds, 1),
+    }
+    if lists_up_to_date(embed):
+        # Nothing changed since the last build: serve the existing lists as they are.
+        neighbour_cache().activate(embed.model_id)
+        return {**summary, "products": len(store_for(embed.model_id)), "rebuilt": False}
+    lists = build_neighbours(embed.model_id, progress=progress_for("neighbours"))
+    return {
+        **summary,
+        "products": lists.products,
+        "rebuilt": True,
+        "seconds_neighbours": round(lists.seconds_compute + lists.seconds_write, 1),
+    }
+
+
 def kth_scores(scores: np.ndarray, k: int) -> np.ndarray:
     """The score a newcomer must beat to enter each list (-inf while a list is not full)."""
     if scores.shape[1] < k:
