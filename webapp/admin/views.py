@@ -149,7 +149,6 @@ def product_list() -> ResponseReturnValue:
         filter_args={"q": query, "status": None if status == "all" else status},
         query=query,
         status=status,
-        action_form=ActionForm(),
     )
 
 
@@ -208,7 +207,6 @@ def product_edit(product_id: int) -> ResponseReturnValue:
             form=form,
             product=product,
             options=_facet_options(),
-            action_form=ActionForm(),
         ),
         status,
     )
@@ -242,8 +240,8 @@ def product_reactivate(product_id: int) -> ResponseReturnValue:
 def product_delete(product_id: int) -> ResponseReturnValue:
     """Ask for confirmation, then delete the product and its uploaded photo."""
     product = get_product_or_404(product_id)
-    form = ActionForm()
-    if form.validate_on_submit():
+    # The confirmation page's form carries only the CSRF token, checked for every POST.
+    if ActionForm().validate_on_submit():
         name = product.name
         try:
             services.delete_product(product.id)
@@ -252,9 +250,7 @@ def product_delete(product_id: int) -> ResponseReturnValue:
             return redirect(url_for(".product_edit", product_id=product_id))
         flash(f"Product {product_id} “{name}” was deleted.", "success")
         return redirect(url_for(".product_list"))
-    return render_template(
-        "admin/product_delete.html", product=product, form=form, action_form=ActionForm()
-    )
+    return render_template("admin/product_delete.html", product=product)
 
 
 @bp.get("/products/<int:product_id>/image")
