@@ -7,7 +7,7 @@ import io
 from sqlalchemy import select
 
 from tests.conftest import add_product
-from webapp.cli import ImportProgress
+from webapp.cli import CliProgress
 from webapp.extensions import db
 from webapp.models import Role, User
 
@@ -138,7 +138,7 @@ def test_import_progress_draws_a_bar_on_a_terminal():
             return True
 
     stream = Terminal()
-    progress = ImportProgress(stream)
+    progress = CliProgress(stream=stream)
     for done in (0, 500, 1000):
         progress(done, 1000)
     progress.close()
@@ -147,9 +147,9 @@ def test_import_progress_draws_a_bar_on_a_terminal():
 
 def test_import_progress_prints_about_ten_lines_otherwise():
     stream = io.StringIO()
-    progress = ImportProgress(stream)
+    progress = CliProgress(stream=stream)
     for done in range(0, 1001, 50):
         progress(done, 1000)
     lines = stream.getvalue().splitlines()
-    assert lines[0] == "Imported 0/1000 rows" and lines[-1] == "Imported 1000/1000 rows"
+    assert lines[0] == "Importing: 0/1000 rows" and lines[-1] == "Importing: 1000/1000 rows"
     assert 10 <= len(lines) <= 12

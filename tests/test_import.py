@@ -207,7 +207,7 @@ def test_import_inserts_good_rows_and_reports_each_skip(any_db_app, tmp_path):
         "line 12 (id 7): expected 10 fields, found 3",
     ]:
         assert expected in result.stdout
-    assert "Imported 5/5 rows" in result.stderr  # line-based progress when not a terminal
+    assert "Importing: 5/5 rows" in result.stderr  # line-based progress when not a terminal
 
     stored = products(any_db_app)
     assert set(stored) == GOOD_IDS

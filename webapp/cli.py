@@ -27,10 +27,14 @@ def config_table() -> None:
     click.echo(markdown_table())
 
 
-class ImportProgress:
-    """Import progress on stderr: a bar on a terminal, a line per tenth otherwise."""
+class CliProgress:
+    """Progress on stderr: a bar on a terminal, a line per tenth otherwise."""
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    def __init__(
+        self, label: str = "Importing", noun: str = "rows", stream: IO[str] | None = None
+    ) -> None:
+        self.label = label
+        self.noun = noun
         self.stream = stream or sys.stderr
         self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
         self.bar: click.progressbar[int] | None = None  # type: ignore[type-arg]
@@ -38,16 +42,16 @@ class ImportProgress:
         self.next_report = 0
 
     def __call__(self, done: int, total: int) -> None:
-        """Called by the importer after each batch."""
+        """Called by the job after each batch."""
         if self.interactive:
             if self.bar is None:
-                self.bar = click.progressbar(length=total, label="Importing", file=self.stream)
+                self.bar = click.progressbar(length=total, label=self.label, file=self.stream)
                 self.bar.__enter__()
             self.bar.update(done - self.done)
             if done >= total:
                 self.close()  # end the bar before the importer logs its summary
         elif done >= self.next_report or done == total:
-            click.echo(f"Imported {done}/{total} rows", file=self.stream)
+            click.echo(f"{self.label}: {done}/{total} {self.noun}", file=self.stream)
             self.next_report = done + max(total // 10, 1)
         self.done = done
 
@@ -94,7 +98,7 @@ def catalog_import(
 
     config = current_app.config
     mode = image_mode or config["CATALOG_IMAGE_MODE"]
-    progress = ImportProgress()
+    progress = CliProgress("Importing", "rows")
     try:
         result = import_catalog(
             path,

@@ -11,25 +11,9 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from webapp import jobs
+from webapp.cli import CliProgress
 
 model_cli = AppGroup("model", help="Image models: backbone choice and (later) heads.")
-
-
-def _bar(label: str):
-    """A click progress bar driven by (done, total) callbacks."""
-    state: dict = {}
-
-    def update(done: int, total: int) -> None:
-        if "bar" not in state:
-            state["bar"] = click.progressbar(length=total, label=label, show_pos=True, file=None)
-            state["bar"].__enter__()
-            state["done"] = 0
-        state["bar"].update(done - state["done"])
-        state["done"] = done
-        if done >= total:
-            state.pop("bar").__exit__(None, None, None)
-
-    return update
 
 
 def register(catalog_cli: AppGroup, app) -> None:
@@ -42,7 +26,9 @@ def register(catalog_cli: AppGroup, app) -> None:
         if now:
             from webapp.similar import indexing
 
-            summary = indexing.index_catalog(lambda stage: _bar(stage.capitalize()))
+            summary = indexing.index_catalog(
+                lambda stage: CliProgress(stage.capitalize(), "products")
+            )
             click.echo(
                 f"Model {summary['model']}: {summary['embedded']} embedded, "
                 f"{summary['already']} already done, {summary['removed']} removed, "
@@ -69,7 +55,9 @@ def register(catalog_cli: AppGroup, app) -> None:
             from webapp.similar import indexing
 
             model_id = indexing.load_backbone().model_id
-            lists = indexing.build_neighbours(model_id, progress=_bar("Neighbours"))
+            lists = indexing.build_neighbours(
+                model_id, progress=CliProgress("Neighbours", "products")
+            )
             click.echo(
                 f"Neighbour lists: {lists.products} products, K={lists.k}, computed in "
                 f"{lists.seconds_compute:.1f}s, written in {lists.seconds_write:.1f}s, now served."
