@@ -124,3 +124,28 @@ def test_redis_down_pages_still_render(app, caplog):
     assert any("similar products unavailable" in r.message for r in caplog.records)
     api = client.get("/api/products/7/similar")
     assert api.status_code == 503 and api.get_json()["status"] == "unavailable"
+
+
+def test_admin_create_reaches_similar_lists(catalogue, monkeypatch):
+    """An admin's new product is embedded and enters its neighbours' lists (task body run inline)."""
+    app, model_id, media = catalogue
+    from webapp.admin import services as admin_services
+    from worker import tasks
+
+    ran = []
+    monkeypatch.setattr(
+        tasks.ml_update_product, "delay", lambda pid: ran.append(tasks.ml_update_product(pid))
+    )
+    photo = (media / "p0.jpg").read_bytes()
+    with app.app_context():
+        from webapp.uploads import validate_image
+
+        product = admin_services.create_product(
+            {"name": "Admin red", "base_colour": "Red", "gender": "Men", "article_type": "Shirts"},
+            validate_image(photo, max_pixels=app.config["MAX_IMAGE_PIXELS"]),
+        )
+        assert ran and ran[0]["action"] == "embedded"
+        assert product.id in indexing.neighbour_cache().get_list(model_id, 1000)[0].tolist()
+        admin_services.delete_product(product.id)
+        assert ran[-1]["action"] == "removed"
+        assert indexing.neighbour_cache().get_list(model_id, product.id) is None

@@ -65,10 +65,21 @@ class ProductSaveError(RuntimeError):
 
 
 def on_product_changed(product_id: int, change: ProductChange) -> None:
-    """Hook run after every committed product change; embedding upkeep is enqueued from here."""
-    # Embedding and neighbour-list upkeep will be enqueued here (new or changed photos get
-    # embedded, deletions and (de)activations refresh neighbour lists). Until then, log.
+    """Hook run after every committed product change: enqueue the similarity-index upkeep."""
     logger.info("product %s %s", product_id, change.value)
+    if change in (ProductChange.UPDATED, ProductChange.ACTIVATED, ProductChange.DEACTIVATED):
+        # Looks did not change: pages read attributes and the active flag while choosing.
+        return
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import RedisError
+
+    from worker.tasks import ml_update_product
+
+    try:
+        ml_update_product.delay(product_id)
+    except (OperationalError, RedisError, OSError) as exc:
+        # The change is committed; the next `flask catalog embed` picks it up.
+        logger.warning("could not enqueue index upkeep for product %s: %s", product_id, exc)
 
 
 def _media_folder() -> str:
