@@ -355,6 +355,8 @@ def test_search_wildcards_are_literal(any_db_app):
     assert shown_ids(client.get("/", query_string={"q": "%"})) == [20]
     assert shown_ids(client.get("/", query_string={"q": "_"})) == [21]
     assert shown_ids(client.get("/", query_string={"q": "l_x"})) == [21]
+    # A trailing backslash would end a LIKE pattern with its escape character if not escaped.
+    assert shown_ids(client.get("/", query_string={"q": "tee\\"})) == []
 
 
 def test_search_combines_with_filters(shop):
