@@ -115,17 +115,27 @@ cleanup() {
   fi
 }
 
+stop_on_exit() {
+  # Whatever ends this script (Ctrl-C, kill, an error) stops the processes it started.
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
 start_web_and_wait() {
   # The web server runs as a child so the EXIT/INT/TERM trap can stop the worker with it.
   say "Starting the web server (gunicorn, 2 workers) on 127.0.0.1:$PORT"
   "${GUNICORN[@]}" &
   WEB_PID=$!
-  local _try
+  local _try up=""
   for _try in $(seq 1 60); do
     kill -0 "$WEB_PID" 2>/dev/null || die "the web server exited during start-up (is port $PORT in use? try PORT=5001)"
-    wait_for http "$URL" 1 2>/dev/null && break
+    if wait_for http "$URL" 1 2>/dev/null; then
+      up=1
+      break
+    fi
   done
-  wait_for http "$URL" 1 || die "the web server does not answer at $URL"
+  [ -n "$up" ] || die "the web server does not answer at $URL"
   if [ -n "$WORKER_PID" ] && ! kill -0 "$WORKER_PID" 2>/dev/null; then
     warn "the worker has exited: see $LOG_DIR/worker.log"
   fi
@@ -152,9 +162,7 @@ case "$MODE" in
     say "[6/6] Worker and web server"
     mkdir -p "$LOG_DIR"
     stop_stale_worker
-    trap cleanup EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
+    stop_on_exit
     "${CELERY_WORKER[@]}" >>"$LOG_DIR/worker.log" 2>&1 &
     WORKER_PID=$!
     echo "$WORKER_PID" >"$WORKER_PID_FILE"
@@ -165,9 +173,7 @@ case "$MODE" in
   web)
     ensure_instance_config
     ensure_redis "$(app_setting REDIS_URL)"
-    trap cleanup EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
+    stop_on_exit
     start_web_and_wait
     ;;
   worker)
