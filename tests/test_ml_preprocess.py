@@ -181,8 +181,25 @@ def test_undecodable_file_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("bad", [42, None, 3.5, ["a.jpg"]])
 def test_unsupported_source_types_raise_type_error(bad):
-    with pytest.raises(TypeError, match="expected a path, bytes or a PIL image"):
+    with pytest.raises(TypeError, match="expected a path, bytes, a PIL image or a uint8 array"):
         load_image(bad)
+
+
+def test_uint8_arrays_are_images_too():
+    rgba = np.zeros((4, 6, 4), dtype=np.uint8)
+    rgba[:, :3] = (255, 0, 0, 255)
+    pixels = np.asarray(load_image(rgba))
+    assert (pixels[:, :3] == RED).all() and (pixels[:, 3:] == 255).all()
+    assert np.asarray(load_image(np.full((3, 3), 9, np.uint8))).tolist() == [[[9] * 3] * 3] * 3
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [np.zeros((4, 4, 3), np.float32), np.zeros((4, 4, 2), np.uint8), np.zeros((0, 4, 3), np.uint8)],
+)
+def test_bad_arrays_raise_value_error(arr):
+    with pytest.raises(ValueError, match="array"):
+        load_image(arr)
 
 
 @pytest.mark.parametrize("size", [0, -3, 2.5, True])

@@ -19,7 +19,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
-ImageSource: TypeAlias = str | bytes | bytearray | memoryview | os.PathLike | Image.Image
+ImageSource: TypeAlias = (
+    str | bytes | bytearray | memoryview | os.PathLike | Image.Image | np.ndarray
+)
 
 WHITE = (255, 255, 255)
 RESAMPLE = Image.Resampling.BICUBIC
@@ -31,9 +33,11 @@ _WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
 def load_image(source: ImageSource) -> Image.Image:
-    """Open a path, bytes or PIL image as an upright RGB image with transparency on white."""
+    """Open a path, bytes, PIL image or uint8 array as an upright RGB image (transparency on white)."""
     if isinstance(source, Image.Image):
         return _to_rgb(_upright(source))
+    if isinstance(source, np.ndarray):
+        return _to_rgb(_from_array(source))
     if isinstance(source, bytes | bytearray | memoryview):
         if len(source) == 0:
             raise ValueError("cannot decode image: the data is empty")
@@ -44,7 +48,9 @@ def load_image(source: ImageSource) -> Image.Image:
             raise FileNotFoundError(f"image file not found: {path}")
         with open(path, "rb") as fh:
             return _open_and_convert(fh, path)
-    raise TypeError(f"expected a path, bytes or a PIL image, got {type(source).__name__}")
+    raise TypeError(
+        f"expected a path, bytes, a PIL image or a uint8 array, got {type(source).__name__}"
+    )
 
 
 def to_square(img: ImageSource, size: int) -> np.ndarray:
@@ -75,6 +81,14 @@ def batch_to_square(images: Iterable[ImageSource], size: int) -> np.ndarray:
     for i, item in enumerate(items):
         out[i] = to_square(item, size)
     return out
+
+
+def _from_array(arr: np.ndarray) -> Image.Image:
+    if arr.dtype != np.uint8:
+        raise ValueError(f"image arrays must be uint8 in 0..255, got dtype {arr.dtype}")
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))) or 0 in arr.shape:
+        raise ValueError(f"an image array must be [h, w], [h, w, 3] or [h, w, 4], got {arr.shape}")
+    return Image.fromarray(np.ascontiguousarray(arr))
 
 
 def _open_and_convert(fh: io.IOBase, label: str) -> Image.Image:
