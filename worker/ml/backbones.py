@@ -135,6 +135,8 @@ def get_backbone(
     if weights == "shuffled" and name != "efficientnet_lite0":
         raise ValueError("weights='shuffled' is only available for efficientnet_lite0")
     size = DEFAULT_INPUT_SIZES[name] if input_size is None else input_size
+    if isinstance(size, np.integer):
+        size = int(size)
     if isinstance(size, bool) or not isinstance(size, int) or size < MIN_INPUT_SIZES[name]:
         raise ValueError(
             f"input_size for {name} must be an integer >= {MIN_INPUT_SIZES[name]}, got {size!r}"
@@ -341,7 +343,11 @@ def _probe_download(timeout: float = PROBE_TIMEOUT_S) -> str | None:
 
 
 def resnet50_weights_status(resnet_weights: str) -> tuple[bool, str]:
-    """Tell quickly whether ResNet50 weights can be had: (available, one-line explanation)."""
+    """Tell quickly whether ResNet50 weights can be had: (available, one-line explanation).
+
+    Checks a local file, then Keras' download cache (this imports Keras to find it), then
+    asks the download URL with a short timeout; it never downloads the weights.
+    """
     if resnet_weights == "random":
         return True, "ResNet50 uses random weights (no download needed)"
     if resnet_weights != "imagenet":
