@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 from werkzeug.datastructures import MultiDict
 
 from tests.conftest import PG_ADMIN_URL, _make_app, add_product, make_image_bytes
@@ -524,17 +524,41 @@ def test_catalogue_runs_a_bounded_number_of_queries(app):
     )
     client = app.test_client()
     set_preferences(client, Preferences.from_items([("colour", "Green"), ("type", "Belts")]))
-    counts = []
-    for size in (2, 40):
-        app.config["PRODUCTS_PER_PAGE"] = size
-        with count_statements(app) as statements:
-            response = client.get("/?type=Shirts&colour=Red&colour=Blue&q=shirt&sort=name")
-        assert len(shown_ids(response)) == min(size, 27)
-        assert sum("GROUP BY" in s for s in statements) == len(services.FACETS)
-        counts.append(len(statements))
-    # One count, one page of products, one GROUP BY per facet, whatever the page size.
-    assert counts == [2 + len(services.FACETS)] * 2
-    assert counts[0] <= 10
+    facets = len(services.FACETS)
+    for url, expected in [
+        # One count, one page of products, one GROUP BY per facet.
+        ("/?type=Shirts&colour=Red&colour=Blue&sort=name", 2 + facets),
+        # With a search text the counts and the total share one scan; then the page.
+        ("/?type=Shirts&colour=Red&colour=Blue&q=shirt&sort=name", 2),
+    ]:
+        for size in (2, 40):
+            app.config["PRODUCTS_PER_PAGE"] = size
+            with count_statements(app) as statements:
+                response = client.get(url)
+            assert len(shown_ids(response)) == min(size, 27)
+            assert len(statements) == expected, (url, size)
+            assert sum(s.count("GROUP BY") for s in statements) == facets
+            assert len(statements) <= 10
+
+
+def test_one_scan_facet_counts_equal_the_per_facet_queries(any_db_shop):
+    cases = [
+        ({}, Preferences()),
+        ({"type": ("Shirts", "Tshirts"), "colour": ("Red",)}, Preferences()),
+        ({"gender": ("Men", "Women"), "season": ("Winter", "Nowhere")}, Preferences()),
+        ({"colour": ("Blue",)}, Preferences.from_items([("colour", "Red"), ("sub", "Belts")])),
+    ]
+    with any_db_shop.test_request_context("/"):
+        for filters, prefs in cases:
+            for q in ("", "r", "shirt"):
+                base = services.base_clauses(services.CatalogQuery(q=q), prefs)
+                one_scan, total = services.facet_counts_one_scan(base, filters)
+                assert one_scan == services.facet_counts(base, filters), (filters, q)
+                where = [*base, *services.facet_clauses(filters)]
+                expected_total = db.session.scalar(
+                    select(func.count()).select_from(Product).where(*where)
+                )
+                assert total == expected_total, (filters, q)
 
 
 # ---------- Product detail ----------
