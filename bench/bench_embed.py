@@ -115,9 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs | TensorFlow {tf.__version__} | commit {git_commit()}"
     )
     print(f"{len(paths)} catalogue photos from {args.catalog}, batch size {args.batch_size}")
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache_dir or tmp
         rows = [bench_one(n, s, w, paths, args.batch_size, cache) for n, s, w in CONFIGS]
+    # Other jobs on the machine skew throughput; the load average shows when that happened.
+    print(f"load average before/after: {load_before:.1f} / {os.getloadavg()[0]:.1f}")
     baseline = rows[-1]["end_to_end"]
     header = f"{'model id':<38} {'build s':>8} {'img/s':>8} {'model img/s':>12} {'vs resnet50':>12}"
     print(header)
