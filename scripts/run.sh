@@ -167,6 +167,9 @@ case "$MODE" in
     WORKER_PID=$!
     echo "$WORKER_PID" >"$WORKER_PID_FILE"
     ok "Celery worker started (pid $WORKER_PID), logging to instance/logs/worker.log"
+    # The worker embeds what is new and rebuilds the neighbour lists only when something changed;
+    # a job already in flight is not enqueued twice.
+    "${FLASK[@]}" catalog embed || warn "could not enqueue the similarity index job"
     ok "ready after $((SECONDS - T0)) s of start-up steps"
     start_web_and_wait "instance/logs/worker.log"
     ;;
