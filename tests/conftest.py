@@ -22,6 +22,22 @@ PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch):
+    """Cheap password hashes in tests: the production method costs a quarter second each."""
+    from functools import partial
+
+    from webapp import models
+    from webapp.account import services as account_services
+
+    fast = partial(models.generate_password_hash, method="pbkdf2:sha256:1000")
+    monkeypatch.setattr(models, "generate_password_hash", fast)
+    monkeypatch.setattr(account_services, "generate_password_hash", fast)
+    account_services._dummy_hash.cache_clear()
+    yield
+    account_services._dummy_hash.cache_clear()
+
+
 def base_config(tmp_path, database_uri: str) -> dict:
     """A test configuration: everything under tmp_path, CSRF on unless a test turns it off."""
     return {

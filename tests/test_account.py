@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 from flask_login import current_user
 from sqlalchemy import func, select
 
 from tests.conftest import AuthActions, csrf_token_from
-from webapp import models
-from webapp.account import services
 from webapp.account.services import (
     EmailTakenError,
     authenticate,
@@ -19,17 +15,6 @@ from webapp.account.services import (
 )
 from webapp.extensions import db
 from webapp.models import Role, User
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(monkeypatch):
-    """Cheap hashes for these tests: the production method costs a quarter second each."""
-    fast = partial(models.generate_password_hash, method="pbkdf2:sha256:1000")
-    monkeypatch.setattr(models, "generate_password_hash", fast)
-    monkeypatch.setattr(services, "generate_password_hash", fast)
-    services._dummy_hash.cache_clear()
-    yield
-    services._dummy_hash.cache_clear()
 
 
 def user_count(app) -> int:

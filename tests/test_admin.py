@@ -11,10 +11,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import func, select
-from werkzeug.security import generate_password_hash
 
 from tests.conftest import AuthActions, add_product, make_image_bytes
-from webapp import models
 from webapp.admin import services
 from webapp.admin.services import ProductChange
 from webapp.extensions import db
@@ -54,14 +52,6 @@ def media_files(app) -> list[str]:
 def product_count(app) -> int:
     with app.app_context():
         return db.session.scalar(select(func.count()).select_from(Product))
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(monkeypatch):
-    """Accounts are made and signed in per test: a one-round hash keeps that instant."""
-    monkeypatch.setattr(
-        models, "generate_password_hash", lambda pw: generate_password_hash(pw, "pbkdf2:sha256:1")
-    )
 
 
 @pytest.fixture

@@ -5,29 +5,15 @@ from __future__ import annotations
 import csv
 import os
 import re
-from functools import partial
 
 import pytest
 from sqlalchemy import event, select
 
 from tests.conftest import AuthActions, add_product, csrf_token_from
-from webapp import models
-from webapp.account import services
 from webapp.account.services import catalogue_choices
 from webapp.extensions import db
 from webapp.models import PreferenceItem, Product, User
 from webapp.preferences import SESSION_KEY, Preferences, user_preferences
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(monkeypatch):
-    """Cheap hashes for these tests: the production method costs a quarter second each."""
-    fast = partial(models.generate_password_hash, method="pbkdf2:sha256:1000")
-    monkeypatch.setattr(models, "generate_password_hash", fast)
-    monkeypatch.setattr(services, "generate_password_hash", fast)
-    services._dummy_hash.cache_clear()
-    yield
-    services._dummy_hash.cache_clear()
 
 
 def add_catalogue(app) -> None:

@@ -19,7 +19,6 @@ from flask import Flask
 from PIL import Image
 from sqlalchemy import func, select
 from werkzeug.routing import Rule
-from werkzeug.security import generate_password_hash
 
 from tests.conftest import AuthActions, add_product, csrf_token_from, make_image_bytes
 from webapp import models
@@ -30,14 +29,6 @@ from webapp.uploads import store_image, validate_image
 
 PRODUCT_ID = 42
 SKIPPED_METHODS = {"HEAD", "OPTIONS"}
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(monkeypatch):
-    """Accounts are made and signed in per test: a one-round hash keeps that instant."""
-    monkeypatch.setattr(
-        models, "generate_password_hash", lambda pw: generate_password_hash(pw, "pbkdf2:sha256:1")
-    )
 
 
 # --- helpers ----------------------------------------------------------------------------
