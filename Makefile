@@ -35,7 +35,7 @@ run: setup ## Set up, import the catalogue, start a worker and the web server (h
 web: setup ## Start the web server alone (gunicorn on 127.0.0.1:$PORT, default 5000)
 	@scripts/run.sh web
 
-worker: setup ## Start the Celery worker alone, in the foreground (queues default and ml)
+worker: setup ## Start the Celery worker alone, in the foreground (queues ml, index, default)
 	@scripts/run.sh worker
 
 test: setup ## Run the tests, slow ones excepted (installs Chromium for browser tests as root)

@@ -17,8 +17,9 @@ URL="http://127.0.0.1:$PORT/"
 LOG_DIR="$ROOT/instance/logs"
 WORKER_PID_FILE="$ROOT/instance/worker.pid"
 FLASK=("$VENV/bin/flask" --app wsgi)
-# shellcheck disable=SC2054  # "-Q default,ml" is one argument
-CELERY_WORKER=("$VENV/bin/celery" -A worker.celery_app worker -Q default,ml --concurrency 1 --loglevel INFO)
+# shellcheck disable=SC2054  # "-Q ml,index,default" is one argument
+# Two processes: a photo search (queue ml) never waits behind a catalogue build (queue index).
+CELERY_WORKER=("$VENV/bin/celery" -A worker.celery_app worker -Q ml,index,default --concurrency 2 --loglevel INFO)
 GUNICORN=("$VENV/bin/gunicorn" wsgi:app --bind "127.0.0.1:$PORT" --workers 2 --preload --access-logfile -)
 
 [ -x "$PY" ] || die "no virtualenv in $VENV: run 'make setup' first."

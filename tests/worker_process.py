@@ -25,7 +25,7 @@ SHARED_KEYS = {
 class WorkerProcess:
     """``celery -A worker.celery_app worker`` in a subprocess, with the app's settings."""
 
-    def __init__(self, config: dict, log_path: Path, queues: str = "default,ml") -> None:
+    def __init__(self, config: dict, log_path: Path, queues: str = "default,ml,index") -> None:
         self.env = {**os.environ, "SECRET_KEY": "test-secret"}
         for key, env in SHARED_KEYS.items():
             self.env[env] = str(config[key])

@@ -56,8 +56,13 @@ def celery_init_app(app: Flask) -> Celery:
             "result_backend": app.config["REDIS_URL"],
             "task_ignore_result": True,
             "task_default_queue": "default",
-            # Model work runs on its own queue so page-facing tasks never wait behind it.
-            "task_routes": {"worker.tasks.ml_*": {"queue": "ml"}},
+            # Model work runs on its own queue so page-facing tasks never wait behind it, and
+            # catalogue-wide builds on theirs, so a photo search never waits behind a build.
+            "task_routes": {
+                "worker.tasks.ml_index_catalog": {"queue": "index"},
+                "worker.tasks.ml_build_neighbours": {"queue": "index"},
+                "worker.tasks.ml_*": {"queue": "ml"},
+            },
             "task_acks_late": True,
             "task_reject_on_worker_lost": True,
             "worker_prefetch_multiplier": 1,
