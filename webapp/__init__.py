@@ -89,12 +89,14 @@ def register_blueprints(app: Flask) -> None:
     from webapp.account.views import bp as account_bp
     from webapp.admin.views import bp as admin_bp
     from webapp.api.views import bp as api_bp
+    from webapp.search.views import bp as search_bp
     from webapp.shop.views import bp as shop_bp
 
     app.register_blueprint(shop_bp)
     app.register_blueprint(api_bp, url_prefix="/api")
     app.register_blueprint(account_bp, url_prefix="/account")
     app.register_blueprint(admin_bp, url_prefix="/admin")
+    app.register_blueprint(search_bp, url_prefix="/search")
 
 
 def register_errorhandlers(app: Flask) -> None:
@@ -114,10 +116,15 @@ def register_security_headers(app: Flask) -> None:
 def register_commands(app: Flask) -> None:
     """flask catalog ..., flask user ..., flask config ..."""
     from webapp.cli import catalog_cli, register
+    from webapp.models_cli import register as register_model_training
+    from webapp.search.cli import search_cli
+    from webapp.similar.cli import model_cli
     from webapp.similar.cli import register as register_similar
 
     register(app)
     register_similar(catalog_cli, app)
+    register_model_training(model_cli, app)
+    app.cli.add_command(search_cli)
 
 
 def register_template_context(app: Flask) -> None:

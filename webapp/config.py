@@ -71,6 +71,23 @@ SETTINGS: list[Setting] = [
     Setting("REDIS_TIMEOUT", 0.5, "REDIS_TIMEOUT",
             "Seconds the web tier waits for Redis before showing pages without recommendations."),
     Setting("LOG_LEVEL", "INFO", "LOG_LEVEL", "Logging level (logs go to stdout)."),
+    Setting("SEARCH_RESULTS_N", 12, "SEARCH_RESULTS_N",
+            "How many products photo search shows (the API's `n` may ask for 1 to 50)."),
+    Setting("SEARCH_MIN_CONFIDENCE", 0.5, "SEARCH_MIN_CONFIDENCE",
+            "Photo search narrows to the predicted gender + article type (or sub-category) only "
+            "when the classifier's confidence reaches this; below it, it searches wider."),
+    Setting("SEARCH_SAME_PHOTO_COSINE", 0.98, "SEARCH_SAME_PHOTO_COSINE",
+            "Products whose photo is this close (cosine) to the uploaded one come first in photo "
+            "search whatever the classifier predicts: it is practically the same picture."),
+    Setting("SEARCH_RETENTION_MINUTES", 60, "SEARCH_RETENTION_MINUTES",
+            "Uploaded query photos (and their results) are deleted after this many minutes; "
+            "each search task removes expired ones, as does `flask search cleanup`."),
+    Setting("SEARCH_WAIT_TIMEOUT", 10.0, "SEARCH_WAIT_TIMEOUT",
+            "Seconds `GET /api/jobs/<id>?wait=1` and `POST /api/compare` wait for the worker "
+            "before answering that the job is still running."),
+    Setting("COMPARE_DEFAULT_THRESHOLD", 0.9, "COMPARE_DEFAULT_THRESHOLD",
+            "Two-image compare threshold (score in 0..1) used only for a model without a "
+            "calibrated one (`compare.json`, written by `flask model train`)."),
 ]
 
 DERIVED_DEFAULTS = {

@@ -66,3 +66,27 @@ def ml_update_product(product_id: int) -> dict[str, object]:
     """After a product is created, edited or deleted: its embedding and the lists it touches."""
     report = indexing.update_product(product_id)
     return {"product_id": product_id, "action": report.action, "rewritten": len(report.rewritten)}
+
+
+@shared_task(ignore_result=True)
+def ml_search_photo(job_id: str) -> str:
+    """Photo search: embed the uploaded photo, classify it, rank the catalogue, record the top N."""
+    from webapp.search.pipeline import run_job
+
+    return run_job(job_id)
+
+
+@shared_task(ignore_result=True)
+def ml_compare_photos(job_id: str) -> str:
+    """Two-image compare: embed both photos and record their score against the threshold."""
+    from webapp.search.pipeline import run_job
+
+    return run_job(job_id)
+
+
+@shared_task(ignore_result=True)
+def cleanup_search_uploads() -> int:
+    """Delete uploaded query photos older than the retention period (for a periodic schedule)."""
+    from webapp.search.services import cleanup_uploads
+
+    return cleanup_uploads()

@@ -1,12 +1,25 @@
-"""JSON API: similar products (and, later, photo search jobs)."""
+"""JSON API: similar products, photo search jobs and two-image compare."""
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, abort, current_app, jsonify, request, url_for
 
+from webapp.extensions import csrf
 from webapp.preferences import current_preferences
+from webapp.search.services import MAX_N as SEARCH_MAX_N
+from webapp.search.services import (
+    MODEL_ID_RE,
+    PENDING,
+    JobError,
+    create_job,
+    search_view,
+    wait_for_job,
+)
 from webapp.shop.services import get_product_or_404
 from webapp.similar.services import MAX_N, SimilarResult, similar_products, with_overrides
+from webapp.uploads import InvalidImage, validate_image
 
 bp = Blueprint("api", __name__)
 
@@ -73,3 +86,162 @@ def product_similar(product_id: int):
     if result.status != "ok":
         return jsonify(body), 503, {"Retry-After": "30"}
     return jsonify(body)
+
+
+# -- photo search and compare ---------------------------------------------------------------
+
+
+def value_arg(name: str, default: int, low: int, high: int) -> int:
+    """An integer from the query string or the form body within [low, high], else a 400."""
+    raw = request.values.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        abort(400, f"'{name}' must be a whole number between {low} and {high}.")
+    if not low <= value <= high:
+        abort(400, f"'{name}' must be between {low} and {high}.")
+    return value
+
+
+def flag_arg(name: str) -> bool:
+    """A yes/no parameter (1, true, yes, on) from the query string or the form body."""
+    return request.values.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def uploaded_image(name: str):
+    """The multipart file ``name`` after the content checks, else a 400 saying what is wrong."""
+    upload = request.files.get(name)
+    if upload is None:
+        abort(400, f"Send the photo as a multipart/form-data file field named '{name}'.")
+    try:
+        return validate_image(upload, max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
+    except InvalidImage as exc:
+        abort(400, f"'{name}': {exc.message}")
+
+
+def wait_seconds() -> float:
+    """How long this request may wait for a job: ``wait=1`` (optionally ``timeout=S``)."""
+    if not flag_arg("wait"):
+        return 0.0
+    limit = float(current_app.config["SEARCH_WAIT_TIMEOUT"])
+    raw = request.values.get("timeout")
+    if raw in (None, ""):
+        return limit
+    try:
+        value = float(raw)
+    except ValueError:
+        abort(400, f"'timeout' must be a number of seconds up to {limit:g}.")
+    if not 0 <= value <= limit:
+        abort(400, f"'timeout' must be between 0 and {limit:g} seconds.")
+    return value
+
+
+def job_json(record: dict) -> tuple[dict, int]:
+    """A job's JSON body and HTTP status: 202 while pending, 200 when done."""
+    head = {
+        "job_id": record["id"],
+        "kind": record["kind"],
+        "state": record["state"],
+        "status_url": url_for("api.job_status", job_id=record["id"]),
+    }
+    if record["kind"] == "search":
+        view = search_view(record)
+        body = {
+            **head,
+            **result_json(view.result),
+            "predictions": view.predictions,
+            "searched": view.searched,
+            "all_categories": view.all_categories,
+            "results_url": url_for("search.job_detail", job_id=record["id"]),
+        }
+        return body, view.code
+    if record["state"] in PENDING:
+        return {**head, "status": "pending"}, 202
+    if record["state"] == "failed":
+        return {**head, "status": "failed", "message": record.get("error")}, record.get("code", 503)
+    return {**head, "status": "ok", **record["result"]}, 200
+
+
+def _create(kind: str, images: list, **options) -> str:
+    try:
+        return create_job(kind, images, **options)
+    except JobError as exc:
+        abort(exc.code, exc.message)
+
+
+@bp.post("/search")
+@csrf.exempt
+def photo_search():
+    """Start a photo search (multipart ``image``, optional ``n``): ``{job_id}``, or the result
+    itself with ``wait=1``."""
+    image = uploaded_image("image")
+    n = value_arg("n", current_app.config["SEARCH_RESULTS_N"], 1, SEARCH_MAX_N)
+    genders = [g.strip() for g in request.values.getlist("gender") if g.strip()]
+    if len(genders) > 1:
+        abort(400, "'gender' takes one value.")
+    colours = []
+    for raw in request.values.getlist("exclude_colours"):
+        colours += [c.strip() for c in raw.split(",") if c.strip()]
+    prefs = with_overrides(current_preferences(), colours, genders[0] if genders else None)
+    wait = wait_seconds()
+    job_id = _create("search", [image], n=n, all_categories=flag_arg("all_categories"), prefs=prefs)
+    if wait:
+        record = _wait(job_id, wait)
+        body, code = job_json(record)
+        return jsonify(body), code
+    return jsonify(
+        {
+            "job_id": job_id,
+            "status": "pending",
+            "state": "queued",
+            "status_url": url_for("api.job_status", job_id=job_id),
+            "results_url": url_for("search.job_detail", job_id=job_id),
+        }
+    ), 202
+
+
+def _wait(job_id: str, seconds: float) -> dict:
+    try:
+        record = wait_for_job(job_id, seconds)
+    except JobError as exc:
+        abort(exc.code, exc.message)
+    if record is None:
+        abort(404, "No such job: it may have expired. Please upload the photo again.")
+    return record
+
+
+@bp.get("/jobs/<job_id>")
+def job_status(job_id: str):
+    """A photo search or compare job: its status, and its results once done (``wait=1`` waits)."""
+    record = _wait(job_id, wait_seconds())
+    body, code = job_json(record)
+    return jsonify(body), code
+
+
+@bp.post("/compare")
+@csrf.exempt
+def photo_compare():
+    """How alike two photos are (``image_1``, ``image_2``, optional ``model``): score in 0..1,
+    similar or not against the model's calibrated threshold."""
+    started = time.perf_counter()
+    images = [uploaded_image("image_1"), uploaded_image("image_2")]
+    model = (request.values.get("model") or "").strip() or None
+    if model is not None and not MODEL_ID_RE.match(model):
+        abort(400, "'model' must be a model id such as efficientnet_lite0-57934424-160-avg.")
+    job_id = _create("compare", images, model=model)
+    record = _wait(job_id, float(current_app.config["SEARCH_WAIT_TIMEOUT"]))
+    body, code = job_json(record)
+    if code == 200:
+        body = {
+            "score": body["score"],
+            "similar": body["similar"],
+            "threshold": body["threshold"],
+            "model": body["model"],
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+            "calibrated": body["calibrated"],
+            "cosine": body["cosine"],
+            "job_id": job_id,
+        }
+    return jsonify(body), code

@@ -1,0 +1,1 @@
+"""Photo search and two-image compare: upload pages, job pages, and the worker pipeline."""
