@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,16 +72,23 @@ class CatalogueIndex:
 
 
 _lock = threading.Lock()
-_indexes: dict[str, CatalogueIndex] = {}
-_heads: dict[str, tuple[float, Any]] = {}
+# Keyed by (model folder, model id).
+_stores: dict[tuple[str, str], Any] = {}
+_indexes: dict[tuple[str, str], CatalogueIndex] = {}
+_heads: dict[Path, tuple[float, Any]] = {}
 
 
 def catalogue_index(model_id: str) -> CatalogueIndex:
     """The model's embedding matrix in memory, reloaded only when the store changed."""
-    store = indexing.store_for(model_id)
+    # One store object per model: it caches what it read until its files change, so an
+    # unchanged store hands back the very arrays the in-memory copy was made from.
+    key = (current_app.config["MODEL_FOLDER"], model_id)
+    store = _stores.get(key)
+    if store is None:
+        store = _stores[key] = indexing.store_for(model_id)
     ids, vectors = store.load()
     with _lock:
-        cached = _indexes.get(model_id)
+        cached = _indexes.get(key)
         if cached is None or cached.source is not vectors:
             if len(ids) == 0:
                 raise SearchError(
@@ -89,7 +97,7 @@ def catalogue_index(model_id: str) -> CatalogueIndex:
             cached = CatalogueIndex(
                 model_id, np.asarray(ids), np.ascontiguousarray(vectors, np.float32), vectors
             )
-            _indexes[model_id] = cached
+            _indexes[key] = cached
             logger.info("photo search index for %s: %d products in memory", model_id, len(ids))
         return cached
 
@@ -104,10 +112,10 @@ def heads_for(model_id: str):
     except FileNotFoundError:
         return None
     with _lock:
-        cached = _heads.get(model_id)
+        cached = _heads.get(folder)
         if cached is None or cached[0] != mtime:
             cached = (mtime, HeadSet.load(folder))
-            _heads[model_id] = cached
+            _heads[folder] = cached
             logger.info("photo search heads for %s: %s", model_id, cached[1].version)
         return cached[1]
 
