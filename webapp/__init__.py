@@ -89,6 +89,7 @@ def register_blueprints(app: Flask) -> None:
     from webapp.account.views import bp as account_bp
     from webapp.admin.views import bp as admin_bp
     from webapp.api.views import bp as api_bp
+    from webapp.quality.views import bp as quality_bp
     from webapp.search.views import bp as search_bp
     from webapp.shop.views import bp as shop_bp
 
@@ -96,6 +97,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(api_bp, url_prefix="/api")
     app.register_blueprint(account_bp, url_prefix="/account")
     app.register_blueprint(admin_bp, url_prefix="/admin")
+    app.register_blueprint(quality_bp, url_prefix="/admin/quality")
     app.register_blueprint(search_bp, url_prefix="/search")
 
 
@@ -117,6 +119,7 @@ def register_commands(app: Flask) -> None:
     """flask catalog ..., flask user ..., flask config ..."""
     from webapp.cli import catalog_cli, register
     from webapp.models_cli import register as register_model_training
+    from webapp.quality.cli import register as register_quality
     from webapp.search.cli import search_cli
     from webapp.similar.cli import model_cli
     from webapp.similar.cli import register as register_similar
@@ -124,6 +127,7 @@ def register_commands(app: Flask) -> None:
     register(app)
     register_similar(catalog_cli, app)
     register_model_training(model_cli, app)
+    register_quality(model_cli, app)
     app.cli.add_command(search_cli)
 
 

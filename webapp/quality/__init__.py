@@ -1,0 +1,1 @@
+"""Quality: retrieval evaluation runs and the admin page that shows them."""
