@@ -71,6 +71,29 @@ SETTINGS: list[Setting] = [
     Setting("REDIS_TIMEOUT", 0.5, "REDIS_TIMEOUT",
             "Seconds the web tier waits for Redis before showing pages without recommendations."),
     Setting("LOG_LEVEL", "INFO", "LOG_LEVEL", "Logging level (logs go to stdout)."),
+    Setting("IMPORT_FOLDER", None, "IMPORT_FOLDER",
+            "Where bulk-import uploads (styles.csv + ZIP) wait for their job; workers must see "
+            "the same folder. Default: `imports/` in the media folder."),
+    Setting("IMPORT_MAX_UPLOAD", 256 * 1024 * 1024, "IMPORT_MAX_UPLOAD",
+            "Largest bulk-import request in bytes (CSV + ZIP); other forms keep "
+            "`MAX_CONTENT_LENGTH`."),
+    Setting("IMPORT_MAX_UNCOMPRESSED", 1024 * 1024 * 1024, "IMPORT_MAX_UNCOMPRESSED",
+            "Largest total uncompressed size of a bulk-import ZIP in bytes, checked from its "
+            "directory before anything is extracted (ZIP-bomb guard)."),
+    Setting("IMPORT_MAX_RATIO", 100, "IMPORT_MAX_RATIO",
+            "Largest compression ratio accepted for a ZIP member over 1 MB (ZIP-bomb guard; "
+            "photos barely compress)."),
+    Setting("IMPORT_BATCH_SIZE", 500, "IMPORT_BATCH_SIZE",
+            "Rows a bulk import commits at a time; a resumed job redoes at most one batch."),
+    Setting("IMPORT_THROTTLE_S", 0.0, "IMPORT_THROTTLE_S",
+            "Seconds a bulk import pauses after each batch, to leave the database to the shop "
+            "during a large import."),
+    Setting("DUPLICATE_COSINE", 0.0, "DUPLICATE_COSINE",
+            "Embedding cosine above which two photos count as near duplicates; 0 uses the "
+            "value calibrated for the served model (`duplicates.json` in its model folder)."),
+    Setting("DUPLICATE_HASH_DISTANCE", 12, "DUPLICATE_HASH_DISTANCE",
+            "Largest perceptual-hash distance (bits of 256) at which two photos count as the "
+            "same picture re-encoded or rescaled."),
     Setting("SEARCH_RESULTS_N", 12, "SEARCH_RESULTS_N",
             "How many products photo search shows (the API's `n` may ask for 1 to 50)."),
     Setting("SEARCH_MIN_CONFIDENCE", 0.5, "SEARCH_MIN_CONFIDENCE",

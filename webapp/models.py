@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -144,3 +145,114 @@ def load_user(user_id: str) -> User | None:
         return db.session.get(User, int(user_id))
     except (TypeError, ValueError):
         return None
+
+
+class ImportJobStatus(enum.StrEnum):
+    """Where a bulk import job stands."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ImportJob(db.Model):
+    """A bulk import started from the browser: styles.csv + a ZIP of photos, run by a worker.
+
+    The uploads wait in ``IMPORT_FOLDER/<id>/`` until the job is done. ``stage`` says which
+    step a resumed job continues with: ``import`` (rows into the DB), then ``index``
+    (embeddings and neighbour lists), then ``finished``.
+    """
+
+    __tablename__ = "import_job"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("user_account.id", ondelete="SET NULL"), index=True
+    )
+    # Kept beside user_id so the job list still says who started it after the account is gone.
+    started_by: Mapped[str] = mapped_column(String(254))
+    status: Mapped[ImportJobStatus] = mapped_column(
+        Enum(
+            ImportJobStatus,
+            native_enum=False,
+            length=20,
+            values_callable=lambda e: [m.value for m in e],
+        ),
+        default=ImportJobStatus.QUEUED,
+        index=True,
+    )
+    stage: Mapped[str] = mapped_column(String(20), default="import")
+    csv_filename: Mapped[str | None] = mapped_column(String(255))
+    zip_filename: Mapped[str | None] = mapped_column(String(255))
+    task_id: Mapped[str | None] = mapped_column(String(155))
+    rows_total: Mapped[int] = mapped_column(Integer, default=0)
+    rows_done: Mapped[int] = mapped_column(Integer, default=0)
+    inserted: Mapped[int] = mapped_column(Integer, default=0)
+    updated: Mapped[int] = mapped_column(Integer, default=0)
+    unchanged: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    index_total: Mapped[int] = mapped_column(Integer, default=0)
+    index_done: Mapped[int] = mapped_column(Integer, default=0)
+    message: Mapped[str | None] = mapped_column(String(1000))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    user: Mapped[User | None] = relationship()
+    rows: Mapped[list[ImportJobRow]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", order_by="ImportJobRow.id"
+    )
+
+    def __repr__(self) -> str:
+        return f"<ImportJob {self.id} {self.status.value}>"
+
+
+class ImportJobRow(db.Model):
+    """One line of an import job's report: a skipped row, an ignored file or a suspected duplicate.
+
+    ``kind`` is ``skipped`` (the row was not imported), ``ignored`` (a ZIP member that is not
+    a product photo) or ``duplicate`` (imported, but its photo matches another product's;
+    ``match`` says how: ``exact``, ``perceptual`` or ``similar``).
+    """
+
+    __tablename__ = "import_job_row"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("import_job.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))
+    line: Mapped[int | None] = mapped_column(Integer)
+    # As written in the file (it may not be a valid id); no foreign key: the report outlives
+    # the products it mentions.
+    product_id: Mapped[str | None] = mapped_column(String(40))
+    reason: Mapped[str] = mapped_column(String(1000))
+    match: Mapped[str | None] = mapped_column(String(20))
+    duplicate_of: Mapped[int | None] = mapped_column(Integer)
+    score: Mapped[float | None] = mapped_column(Float)
+
+    job: Mapped[ImportJob] = relationship(back_populates="rows")
+
+    __table_args__ = (Index("ix_import_job_row_job_kind", "job_id", "kind"),)
+
+
+class ProductImageHash(db.Model):
+    """A product photo's perceptual hash, for look-alike checks without decoding every photo.
+
+    Keyed by product id without a foreign key, so deleting a product never waits on it;
+    ``image_sha256`` tells whether the row still describes the product's current photo.
+    ``reviewed_at`` is set when an admin decided to keep the product despite its duplicates.
+    """
+
+    __tablename__ = "product_image_hash"
+
+    product_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    # 256-bit perceptual hash as 64 hex digits (webapp.inventory.perceptual).
+    phash: Mapped[str] = mapped_column(String(64), index=True)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reviewed_by: Mapped[str | None] = mapped_column(String(254))

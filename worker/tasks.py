@@ -90,3 +90,71 @@ def cleanup_search_uploads() -> int:
     from webapp.search.services import cleanup_uploads
 
     return cleanup_uploads()
+
+
+# -- inventory: bulk imports, duplicate checks, product job states ------------------------
+
+# Importing the module connects the signals that move a product's index job state along.
+from celery.signals import worker_ready  # noqa: E402
+
+from webapp.inventory import tracking as _tracking  # noqa: E402,F401
+
+HASH_JOB = "hash-product-images"
+CALIBRATE_JOB = "calibrate-duplicates"
+
+
+@shared_task(ignore_result=False)
+def import_products(job_id: int) -> dict[str, object]:
+    """Bulk import, stage 1: rows into the DB, report, exact and perceptual duplicates."""
+    from webapp.inventory import jobs as import_jobs
+
+    return import_jobs.run_import(job_id)
+
+
+@shared_task(ignore_result=False)
+def ml_index_import(job_id: int) -> dict[str, object]:
+    """Bulk import, stage 2: embed the new and changed photos, update the lists they touch."""
+    from webapp.inventory import jobs as import_jobs
+
+    return import_jobs.run_index(job_id)
+
+
+@shared_task(ignore_result=False)
+def resume_import_jobs() -> list[int]:
+    """Queue again the bulk imports a stopped worker left unfinished."""
+    from webapp.inventory import jobs as import_jobs
+
+    return import_jobs.resume_unfinished()
+
+
+@shared_task(bind=True, ignore_result=False)
+def hash_product_images(self) -> dict[str, object]:
+    """Compute the perceptual hash of every product photo that has none yet."""
+    from webapp.inventory import duplicates
+
+    try:
+        return {"hashed": duplicates.hash_products(progress=_progress(self, "hashing"))}
+    finally:
+        jobs.finished(HASH_JOB, self.request.id)
+
+
+@shared_task(bind=True, ignore_result=False)
+def ml_calibrate_duplicates(self, model_id: str | None = None, copies: int = 200) -> dict:
+    """Calibrate the near-duplicate cosine threshold of the served model on the catalogue."""
+    from webapp.inventory import calibration
+
+    try:
+        return calibration.calibrate_model(
+            model_id, backbone=indexing.load_backbone(), copies=copies
+        )
+    finally:
+        jobs.finished(CALIBRATE_JOB, self.request.id)
+
+
+@worker_ready.connect
+def _resume_after_start(sender=None, **_: object) -> None:
+    """A worker that starts picks up the bulk imports a killed one left behind."""
+    try:
+        resume_import_jobs.delay()
+    except Exception as exc:  # the broker is down: the next start tries again
+        logger.warning("could not queue the resume of unfinished imports: %s", exc)

@@ -76,10 +76,19 @@ def on_product_changed(product_id: int, change: ProductChange) -> None:
     from worker.tasks import ml_update_product
 
     try:
-        ml_update_product.delay(product_id)
+        result = ml_update_product.delay(product_id)
     except (OperationalError, RedisError, OSError) as exc:
         # The change is committed; the next `flask catalog embed` picks it up.
         logger.warning("could not enqueue index upkeep for product %s: %s", product_id, exc)
+        return
+    if result is not None and change != ProductChange.DELETED:
+        from webapp.inventory import tracking
+
+        try:
+            # The product page shows this job's state (queued, running, done).
+            tracking.record(product_id, result.id, change.value)
+        except (RedisError, OSError) as exc:
+            logger.warning("could not record the index job of product %s: %s", product_id, exc)
 
 
 def _media_folder() -> str:

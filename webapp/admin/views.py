@@ -207,6 +207,7 @@ def product_edit(product_id: int) -> ResponseReturnValue:
             form=form,
             product=product,
             options=_facet_options(),
+            **product_panels(product),
         ),
         status,
     )
@@ -261,3 +262,11 @@ def product_image(product_id: int) -> ResponseReturnValue:
     if path is None or not os.path.isfile(path):
         abort(404, "This product has no photo.")
     return send_file(path, conditional=True)
+
+
+# Bulk imports, duplicate checks and the index panel (webapp/inventory) live under
+# /admin/inventory/ and share this blueprint's admin-only rule.
+from webapp.inventory.views import bp as inventory_bp  # noqa: E402
+from webapp.inventory.views import product_panels  # noqa: E402
+
+bp.register_blueprint(inventory_bp, url_prefix="/inventory")

@@ -1,0 +1,150 @@
+"""The index status panel: what is served, how complete it is, the queues and the workers.
+
+Everything here is read from Redis, the DB and the model folder's small files; nothing
+loads a model or the embeddings themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flask import current_app
+from sqlalchemy import func, select
+
+from webapp import jobs
+from webapp.extensions import db, get_redis
+from webapp.inventory.calibration import calibration_info, threshold_for
+from webapp.models import Product
+from worker.ml.cache import NeighbourCache
+
+logger = logging.getLogger(__name__)
+
+QUEUES = ("default", "ml")
+PING_TIMEOUT_S = 1.0
+
+
+def embedded_ids_count(folder: Path) -> int | None:
+    """How many products a model's embedding store holds, from its id files only.
+
+    Follows the store's documented layout (``state.json``, ``base-N/ids.npy``, ``parts``)
+    without touching the vectors, so the panel stays fast on a large catalogue.
+    """
+    try:
+        state_file = folder / "state.json"
+        state = (
+            json.loads(state_file.read_text())
+            if state_file.exists()
+            else {"base": None, "folded_through": 0}
+        )
+        ids: set[int] = set()
+        if state.get("base") is not None:
+            ids = set(np.load(folder / f"base-{state['base']}" / "ids.npy").tolist())
+        for part in sorted((folder / "parts").glob("*.npz")):
+            if int(part.stem) <= state.get("folded_through", 0):
+                continue
+            with np.load(part) as data:
+                ids -= set(data["deleted"].tolist())
+                ids |= set(data["ids"].tolist())
+        return len(ids)
+    except (OSError, ValueError, KeyError) as exc:
+        logger.warning("cannot count the embeddings in %s: %s", folder, exc)
+        return None
+
+
+def _when(value: str | None) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(float(value), UTC) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def workers_alive(timeout: float = PING_TIMEOUT_S) -> list[str] | None:
+    """Names of the workers that answered a ping, or None when the broker is unreachable."""
+    celery_app = current_app.extensions["celery"]
+    try:
+        replies = celery_app.control.ping(timeout=timeout) or []
+    except Exception as exc:
+        logger.warning("cannot ping the workers: %s", exc)
+        return None
+    return sorted(name for reply in replies for name in reply)
+
+
+def index_status(ping: bool = True) -> dict[str, Any]:
+    """Everything the panel shows, JSON-ready apart from datetimes."""
+    from worker.tasks import CALIBRATE_JOB, HASH_JOB, INDEX_JOB
+
+    started = time.perf_counter()
+    status: dict[str, Any] = {"redis_ok": True}
+    status["products"] = db.session.scalar(select(func.count()).select_from(Product)) or 0
+    status["with_photo"] = (
+        db.session.scalar(
+            select(func.count()).select_from(Product).where(Product.image_path.is_not(None))
+        )
+        or 0
+    )
+    models_root = Path(current_app.config["MODEL_FOLDER"])
+    folders = sorted(
+        p
+        for p in models_root.glob("*")
+        if p.is_dir() and ((p / "parts").exists() or (p / "state.json").exists())
+    )
+    try:
+        redis = get_redis()
+        cache = NeighbourCache(redis)
+        active = cache.active_model()
+        status["queues"] = {name: int(redis.llen(name)) for name in QUEUES}
+        status["jobs"] = {
+            name: jobs.in_flight(name) for name in (INDEX_JOB, HASH_JOB, CALIBRATE_JOB)
+        }
+        metas = {p.name: cache.meta(p.name) for p in folders}
+        if active and active not in metas:
+            metas[active] = cache.meta(active)
+    except Exception as exc:
+        logger.warning("index status: Redis unavailable: %s", exc)
+        status["redis_ok"] = False
+        active, metas = None, {p.name: {} for p in folders}
+        status["queues"], status["jobs"] = {}, {}
+    models = []
+    for model_id, meta in sorted(metas.items(), key=lambda kv: (kv[0] != active, kv[0])):
+        threshold, source = threshold_for(model_id)
+        models.append(
+            {
+                "model_id": model_id,
+                "active": model_id == active,
+                "embedded": embedded_ids_count(models_root / model_id),
+                "lists": int(meta["count"]) if meta.get("count") else 0,
+                "k": meta.get("k"),
+                "complete": meta.get("complete") == "1",
+                "built_at": _when(meta.get("built_at")),
+                "updated_at": _when(meta.get("updated_at")),
+                "threshold": threshold,
+                "threshold_source": source,
+                "calibration": calibration_info(model_id),
+            }
+        )
+    status["active"] = active
+    status["models"] = models
+    status["index_job"] = _job_state(status["jobs"].get(INDEX_JOB))
+    status["workers"] = workers_alive() if ping else None
+    status["seconds"] = round(time.perf_counter() - started, 3)
+    return status
+
+
+def _job_state(task_id: str | None) -> dict[str, Any] | None:
+    """State and progress of a queued or running task."""
+    if not task_id:
+        return None
+    from celery.result import AsyncResult
+
+    try:
+        result = AsyncResult(task_id)
+        info = result.info if isinstance(result.info, dict) else {}
+        return {"task_id": task_id, "state": result.state, **info}
+    except Exception:
+        return {"task_id": task_id, "state": "UNKNOWN"}
