@@ -75,7 +75,7 @@ def register(model_cli: AppGroup, app: Flask) -> None:
             f"Validation ({report.train_rows} training / {report.val_rows} validation rows, "
             f"stratified; classes under {min_count} examples merged into '(other)'):"
         )
-        click.echo(f"  {'head':<22} {'classes':>7} {'accuracy':>9} {'macro F1':>9} {'macro P':>8}")
+        click.echo(f"  {'head':<30} {'classes':>7} {'accuracy':>9} {'macro F1':>9} {'macro P':>8}")
         names = {
             "sub": "subCategory",
             "type": f"gender+articleType ({report.decoding})",
@@ -84,7 +84,7 @@ def register(model_cli: AppGroup, app: Flask) -> None:
         for name in ("sub", "type", "colour"):
             s = report.scores[name]
             click.echo(
-                f"  {names[name]:<22} {s.classes:>7} {s.accuracy:>9.2%} {s.macro_f1:>9.2%} "
+                f"  {names[name]:<30} {s.classes:>7} {s.accuracy:>9.2%} {s.macro_f1:>9.2%} "
                 f"{s.macro_precision:>8.2%}"
             )
         other = {d: s.accuracy for d, s in report.decoding_scores.items() if d != report.decoding}

@@ -168,18 +168,39 @@ def served_model() -> str:
     return model_id
 
 
-def _read_photo(relative: str):
+def _read_photo(relative: str, size: int):
+    """The uploaded photo, upright and RGB, no larger than ``size`` pixels on its longer side.
+
+    A phone photo is decoded at a fraction of its size where JPEG allows it (DCT scaling),
+    then shrunk: the backbone needs ``input_size`` pixels, and decoding and resizing 12
+    megapixels would cost more than the whole search. Photos already small enough (every
+    catalogue photo) take exactly the path the catalogue's own embeddings took.
+    """
+    from PIL import Image, UnidentifiedImageError
+
     from worker.ml.preprocess import load_image
 
     path = media_file_path(relative, current_app.config["MEDIA_FOLDER"])
     if path is None:
         raise SearchError("The uploaded photo is no longer available.", 410)
     try:
-        return load_image(path)
+        with Image.open(path) as im:
+            if im.format == "JPEG" and max(im.size) > size:
+                im.draft("RGB", (size, size))  # never below the requested size
+            image = load_image(im)
     except FileNotFoundError as exc:
         raise SearchError("The uploaded photo is no longer available.", 410) from exc
-    except ValueError as exc:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+    ) as exc:
         raise SearchError("The photo could not be read; the file may be damaged.", 422) from exc
+    if max(image.size) > size:
+        image.thumbnail((size, size), Image.Resampling.BICUBIC)
+    return image
 
 
 # -- search ---------------------------------------------------------------------------------
@@ -235,7 +256,9 @@ def search_photo(
     model_id = served_model()
     backbone = backbone_for(model_id)
     index = catalogue_index(model_id)
-    image = _read_photo(relative_path)
+    # Twice the input size: the backbone's own resize then does the last step, as it does for
+    # catalogue photos.
+    image = _read_photo(relative_path, 2 * backbone.input_size)
     query = backbone.embed([image])[0]
     if query.shape[0] != index.vectors.shape[1]:
         raise SearchError(f"The embeddings of {model_id} do not match its backbone.", 503)
@@ -346,7 +369,7 @@ def compare_photos(relative_paths: list[str], model: str | None) -> dict[str, An
         except SearchError:
             model_id = indexing.load_backbone().model_id
     backbone = backbone_for(model_id)
-    images = [_read_photo(p) for p in relative_paths]
+    images = [_read_photo(p, 2 * backbone.input_size) for p in relative_paths]
     a, b = backbone.embed(images)
     cosine = float(np.clip(np.dot(a, b), -1.0, 1.0))
     score = cosine_to_score(cosine)
