@@ -119,7 +119,8 @@ def register(model_cli: AppGroup, app: Flask) -> None:
             click.echo(line)
         if not no_save or json_out:
             path = services.save_result(result, json_out, store=not no_save)
-            click.echo(f"Saved to {path}" + (f" and {json_out}" if json_out else "") + ".")
+            also = f" and {json_out}" if json_out and str(path) != json_out else ""
+            click.echo(f"Saved to {path}{also}.")
 
 
 def _pct(value: Any) -> str:
