@@ -109,6 +109,12 @@ def queued(monkeypatch):
 
         return delay
 
+    def fake_async(name):
+        def apply_async(args=(), queue=None, **_):
+            return fake(name)(*args)
+
+        return apply_async
+
     for name in (
         "import_products",
         "ml_index_import",
@@ -118,6 +124,7 @@ def queued(monkeypatch):
         "ml_calibrate_duplicates",
     ):
         monkeypatch.setattr(getattr(tasks, name), "delay", fake(name))
+        monkeypatch.setattr(getattr(tasks, name), "apply_async", fake_async(name))
     return seen
 
 
@@ -592,9 +599,7 @@ def test_identical_groups_and_the_duplicates_page(catalogue, admin):
     assert b"<strong>2</strong> groups of byte-identical photos, 5 products" in page.data
 
 
-def test_reupload_of_a_catalogue_photo_is_flagged_and_can_be_cancelled(
-    hashed, admin, monkeypatch
-):
+def test_reupload_of_a_catalogue_photo_is_flagged_and_can_be_cancelled(hashed, admin, monkeypatch):
     app, model_id, media = hashed
     client = admin
     ran = []
@@ -802,7 +807,7 @@ def test_index_status_panel(catalogue, admin, queued, redis_db):
     redis_db.rpush("ml", b"a", b"b")
     page = client.get("/admin/inventory/index").get_data(as_text=True)
     assert f'<dd id="active-model">{model_id}</dd>' in page
-    assert "30 of 30" in page and "ml: 2" in page and "default: 0" in page
+    assert "30 of 30" in page and "ml: 2" in page and "default: 0" in page and "index: 0" in page
     assert "none answered" in page
     response = client.post("/admin/inventory/index/rebuild")
     assert response.status_code == 302

@@ -67,6 +67,9 @@ LOCK_KEY = "inventory:import-lock:{job_id}:{stage}"
 # Refreshed after every batch; a lock outlives a worker that vanished by at most this long.
 LOCK_TTL_S = 300
 SQL_CHUNK = 2000
+# Embedding a whole import is catalogue-scale work: it queues with the full index builds,
+# so photo searches on the "ml" queue never wait behind it.
+BUILD_QUEUE = "index"
 UNFINISHED = (ImportJobStatus.QUEUED, ImportJobStatus.RUNNING)
 STAGE_LABELS = {
     "import": "Importing rows",
@@ -180,9 +183,11 @@ def enqueue(job: ImportJob) -> bool:
 
     from worker.tasks import import_products, ml_index_import
 
-    task = ml_index_import if job.stage == "index" else import_products
     try:
-        result = task.delay(job.id)
+        if job.stage == "index":
+            result = ml_index_import.apply_async(args=(job.id,), queue=BUILD_QUEUE)
+        else:
+            result = import_products.delay(job.id)
     except (OperationalError, RedisError, OSError) as exc:
         logger.warning("could not queue import job %s: %s", job.id, exc)
         job.message = "The task queue is unreachable; the job starts when a worker can take it."

@@ -25,7 +25,6 @@ from worker.ml.cache import NeighbourCache
 
 logger = logging.getLogger(__name__)
 
-QUEUES = ("default", "ml")
 PING_TIMEOUT_S = 1.0
 
 
@@ -55,6 +54,17 @@ def embedded_ids_count(folder: Path) -> int | None:
     except (OSError, ValueError, KeyError) as exc:
         logger.warning("cannot count the embeddings in %s: %s", folder, exc)
         return None
+
+
+def queue_names() -> list[str]:
+    """The Celery queues tasks are sent to: the default one and every routed one."""
+    conf = current_app.extensions["celery"].conf
+    names = [conf.task_default_queue or "celery"]
+    for route in (conf.task_routes or {}).values():
+        queue = route.get("queue") if isinstance(route, dict) else None
+        if queue and queue not in names:
+            names.append(queue)
+    return names
 
 
 def _when(value: str | None) -> datetime | None:
@@ -98,7 +108,7 @@ def index_status(ping: bool = True) -> dict[str, Any]:
         redis = get_redis()
         cache = NeighbourCache(redis)
         active = cache.active_model()
-        status["queues"] = {name: int(redis.llen(name)) for name in QUEUES}
+        status["queues"] = {name: int(redis.llen(name)) for name in queue_names()}
         status["jobs"] = {
             name: jobs.in_flight(name) for name in (INDEX_JOB, HASH_JOB, CALIBRATE_JOB)
         }

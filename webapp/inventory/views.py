@@ -329,7 +329,11 @@ def index_calibrate() -> ResponseReturnValue:
         abort(400)
     from worker.tasks import CALIBRATE_JOB, ml_calibrate_duplicates
 
-    _enqueue_once(CALIBRATE_JOB, ml_calibrate_duplicates.delay, "Calibrating the duplicate check")
+    _enqueue_once(
+        CALIBRATE_JOB,
+        lambda: ml_calibrate_duplicates.apply_async(queue=import_jobs.BUILD_QUEUE),
+        "Calibrating the duplicate check",
+    )
     return redirect(url_for(".index_panel"))
 
 
