@@ -45,13 +45,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_embedding(catalog: Path, n: int, cache_dir: str) -> list[tuple[str, str, float]]:
-    """(model id, label, images/s) for lite0 and the resnet50 baseline."""
+def bench_embedding(
+    catalog: Path, n: int, cache_dir: str, served_size: int
+) -> list[tuple[str, str, float]]:
+    """(model id, label, images/s): the resnet50 baseline first, then lite0 at 224 and served size."""
     paths = catalogue_paths(catalog, n)
+    runs = [("resnet50", "random", 224), ("efficientnet_lite0", "imagenet", 224)]
+    if served_size != 224:
+        runs.append(("efficientnet_lite0", "imagenet", served_size))
     rows = []
-    for name, weights in (("resnet50", "random"), ("efficientnet_lite0", "imagenet")):
-        model_id, ips = bench_one(name, weights, 224, paths, 64, cache_dir)
-        rows.append((model_id, f"{name} ({weights} weights)", ips))
+    for name, weights, size in runs:
+        row = bench_one(name, size, weights, paths, 64, cache_dir)
+        rows.append((row["model_id"], f"{name} {size}px ({weights} weights)", row["end_to_end"]))
     return rows
 
 
@@ -162,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[tuple[str, str, str, str]] = []  # (measure, ours, baseline, ratio)
     if not args.skip_embed:
-        emb = bench_embedding(Path(cfg["CATALOG_PATH"]), args.embed_n, cfg["MODEL_FOLDER"])
+        emb = bench_embedding(
+            Path(cfg["CATALOG_PATH"]),
+            args.embed_n,
+            cfg["MODEL_FOLDER"],
+            cfg["EMBEDDING_INPUT_SIZE"] or 224,
+        )
         base = emb[0][2]
         for _model_id, label, ips in emb:
             rows.append(
@@ -237,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
-        f"python={platform.python_version()} | model: {model_id} | commit: {git_commit()} | "
-        f"products: {products}"
+        f"python={platform.python_version()} load={os.getloadavg()[0]:.1f} | model: {model_id} | "
+        f"commit: {git_commit()} | products: {products}"
     )
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}} | {'ours':<22} | {'baseline':<40} | ratio")
