@@ -681,24 +681,35 @@ def test_embedding_near_duplicates_use_the_threshold(catalogue, admin, monkeypat
 def test_calibration_writes_a_threshold_beside_the_model(catalogue):
     app, model_id, media = catalogue
     with app.app_context():
-        for pid in (1000, 1006):  # a byte-identical pair
-            db.session.get(Product, pid).image_sha256 = "c" * 64
+        digest = hashlib.sha256((media / "p0.jpg").read_bytes()).hexdigest()
+        for pid in (1000, 1006):  # the same photo under two ids
+            product = db.session.get(Product, pid)
+            product.image_path, product.image_sha256 = "p0.jpg", digest
         db.session.commit()
+        assert indexing.embed_catalog().embedded == 2
         result = calibration.calibrate_model(negatives=5000)
         assert result["model_id"] == model_id and result["identical_groups"] == 1
+        assert result["identical_min"] == pytest.approx(1.0) and result["nearest"] == 30
         assert result["negatives"] > 4000 and 0 < result["threshold"] <= 1.0
         assert calibration.threshold_for(model_id) == (result["threshold"], "calibrated")
         assert calibration.threshold_file(model_id).exists()
 
 
-def test_choose_threshold_midpoint_and_overlap():
-    neg = np.random.default_rng(0).normal(0.3, 0.05, 100_000)
-    pos = np.full(1000, 0.99)
-    stats = calibration.choose_threshold(pos, neg)
-    assert stats["rule"] == "midpoint of the gap" and stats["recall"] == 1.0
+def test_choose_threshold_rules():
+    rng = np.random.default_rng(0)
+    neg = rng.normal(0.3, 0.05, 100_000)
+    stats = calibration.choose_threshold(np.full(1000, 0.99), neg)
+    assert stats["rule"].startswith("midpoint") and stats["recall"] == 1.0
     assert stats["negative_q9999"] < stats["threshold"] < 0.99
     overlap = calibration.choose_threshold(np.full(100, 0.4), neg)
     assert overlap["threshold"] == overlap["negative_q9999"] and overlap["recall"] == 0.0
+    # Nearest neighbours of new photos score higher than random pairs: they set the bar,
+    # so that at most 2% of new photos are flagged.
+    nearest = rng.uniform(0.8, 0.95, 2000)
+    hard = calibration.choose_threshold(rng.uniform(0.9, 1.0, 600), neg, nearest)
+    assert hard["threshold"] == hard["nearest_q98"] and hard["rule"].startswith("nearest")
+    assert hard["false_alarms_new_photo"] == pytest.approx(0.02, abs=0.002)
+    assert 0 < hard["recall"] < 1
 
 
 # -- admin single create/edit: job state and incremental lists --------------------------------
@@ -833,3 +844,35 @@ def test_inventory_routes_are_under_the_admin_blueprint(app):
         "admin.inventory.index_rebuild",
         "admin.inventory.product_keep",
     } <= endpoints
+
+
+def test_a_job_and_the_duplicate_queries_on_both_databases(any_db_app, redis_db, queued):
+    app = any_db_app
+    # The tiny test backbone finds everything alike: leave the embedding check out here.
+    app.config.update(EMBEDDING_BACKBONE="tiny", NEIGHBOURS_K=4, DUPLICATE_COSINE=1.01)
+    up = build_upload(6, copies_of={20000: photo_bytes("Red", 20000)})
+    from werkzeug.datastructures import FileStorage
+
+    from webapp.models import Role, User
+
+    with app.app_context():
+        user = User(email="boss@example.com", role=Role.ADMIN, password_hash="x")
+        db.session.add(user)
+        db.session.commit()
+        job = import_jobs.create_job(
+            FileStorage(io.BytesIO(up.csv_bytes), "styles.csv"),
+            FileStorage(io.BytesIO(up.zip_bytes), "photos.zip"),
+            user,
+        )
+        assert import_jobs.run_import(job.id)["result"] == "imported"
+        assert import_jobs.run_index(job.id)["result"] == "done"
+        job = db.session.get(ImportJob, job.id)
+        assert (job.inserted, job.skipped, job.duplicates) == (7, 4, 2)  # the copy and 20000
+        assert "next full index build" in job.message  # no lists were built yet
+        groups, total, products = duplicates.identical_groups()
+        assert (total, products) == (1, 2)
+        assert [p.id for p in groups[0].products] == [20000, 20006]
+        assert duplicates.hash_coverage() == (7, 7)
+        assert duplicates.lookalike_groups() == ([], 0)
+        rows = import_jobs.report_rows(job.id)
+        assert [r.kind for r in rows[:4]] == ["skipped"] * 4

@@ -188,6 +188,10 @@ def test_a_killed_worker_loses_nothing(shop, tmp_path):
     page = client.get(f"/admin/inventory/imports/{job_id}")
     assert b'value="100"' in page.data
 
+    # The index panel sees the worker and the served model.
+    panel = client.get("/admin/inventory/index").get_data(as_text=True)
+    assert "1 alive" in panel and model_id in panel
+
     # A single create through the admin page: its job state goes from queued to done.
     response = client.post(
         "/admin/products/new",

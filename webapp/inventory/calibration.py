@@ -1,22 +1,28 @@
 """The embedding cosine above which two photos count as near duplicates, per model id.
 
 How it is calibrated (``calibrate_model``; the index status page has a button for it, and
-``flask --app wsgi inventory calibrate`` runs it in place):
+``flask --app wsgi inventory calibrate`` runs it in place), on the served model's stored
+embeddings and the catalogue itself:
 
-* Positives: pairs of catalogue products whose photos are byte-identical (same
-  ``image_sha256``; the reference catalogue has 651 such groups), plus, when a backbone is
-  at hand, re-encoded and rescaled copies of randomly chosen catalogue photos (JPEG quality
-  60-95, twice the size, three quarters of the size), each compared with the stored vector
-  of its original. Byte-identical photos embed to the same vector, so they only confirm the
-  store; the copies are what a re-upload of a catalogue photo looks like.
-* Negatives: random pairs of products with different photos.
-* The threshold is the midpoint between the negatives' 99.99th percentile (one false alarm
-  in 10,000 random pairs) and the positives' 1st percentile when the two do not overlap;
-  when they do, the negatives' percentile wins (a warning should be trustworthy), and the
-  recall that leaves is recorded.
+* Byte-identical groups (same ``image_sha256``; the reference catalogue has 651): their
+  pairs must embed to the same vector. They confirm the store, but a threshold cannot be
+  learnt from pairs that all score 1.0.
+* Positives: re-encoded and rescaled copies of randomly chosen catalogue photos (JPEG
+  quality 70, twice the size, three quarters of the size), embedded by the backbone and
+  compared with the stored vector of their original: what a re-upload looks like. Without
+  a backbone at hand, the byte-identical pairs stand in.
+* Random negatives: random pairs of products with different photos (200,000).
+* Nearest negatives: for 2,000 catalogue products, the closest product showing a different
+  picture (different bytes *and* a perceptual hash more than ``DUPLICATE_HASH_DISTANCE``
+  bits away). Its cosine is what a genuinely new photo scores against the whole catalogue,
+  so the share of them above the threshold is the share of new uploads that would be
+  flagged wrongly.
 
-The result is written to ``MODEL_FOLDER/<model_id>/duplicates.json`` with the numbers it
-came from; ``threshold_for`` reads it (the ``DUPLICATE_COSINE`` setting overrides it).
+The threshold is the larger of the random negatives' 99.99th percentile and the nearest
+negatives' 98th percentile (at most 2% of new photos flagged); when the positives' 1st
+percentile lies above that, the midpoint of the gap. The recall on the copies and both
+false-alarm rates are recorded with it in ``MODEL_FOLDER/<model_id>/duplicates.json``;
+``threshold_for`` reads it (the ``DUPLICATE_COSINE`` setting overrides it).
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ FILE_NAME = "duplicates.json"
 # Used until a model is calibrated: high enough that only very close photos are flagged.
 DEFAULT_THRESHOLD = 0.95
 TARGET_FALSE_ALARMS = 1e-4
+# Share of genuinely new photos that may be flagged as possible duplicates.
+TARGET_ALARM_RATE = 0.02
+NEAREST_SAMPLE = 2000
 RECALL_QUANTILE = 0.01
 MAX_POSITIVE_PAIRS = 100_000
 
@@ -89,9 +98,14 @@ def _pairs_within_groups(groups: list[np.ndarray], rng: np.random.Generator) -> 
 
 
 def choose_threshold(
-    positives: np.ndarray, negatives: np.ndarray, *, target: float = TARGET_FALSE_ALARMS
+    positives: np.ndarray,
+    negatives: np.ndarray,
+    nearest: np.ndarray | None = None,
+    *,
+    target: float = TARGET_FALSE_ALARMS,
+    alarm_rate: float = TARGET_ALARM_RATE,
 ) -> dict[str, Any]:
-    """The threshold and the numbers behind it, from positive and negative pair cosines."""
+    """The threshold and the numbers behind it, from positive, random and nearest negatives."""
     if len(negatives) == 0:
         raise ValueError("calibration needs negative pairs (products with different photos)")
     neg_hi = float(np.quantile(negatives, 1 - target))
@@ -103,21 +117,67 @@ def choose_threshold(
         "negative_max": round(float(negatives.max()), 4),
         "positives": int(len(positives)),
     }
+    floor, rule = neg_hi, "random negatives' 99.99th percentile"
+    if nearest is not None and len(nearest):
+        near_hi = float(np.quantile(nearest, 1 - alarm_rate))
+        stats["nearest"] = int(len(nearest))
+        stats["nearest_median"] = round(float(np.median(nearest)), 4)
+        stats["nearest_q98"] = round(near_hi, 4)
+        if near_hi > floor:
+            floor, rule = near_hi, f"nearest negatives' {100 * (1 - alarm_rate):g}th percentile"
+    threshold = floor
     if len(positives):
         pos_lo = float(np.quantile(positives, RECALL_QUANTILE))
         stats["positive_q01"] = round(pos_lo, 4)
-        stats["positive_min"] = round(float(positives.min()), 4)
-        if pos_lo > neg_hi:
-            threshold, rule = (neg_hi + pos_lo) / 2, "midpoint of the gap"
-        else:
-            threshold, rule = neg_hi, "negatives' 99.99th percentile (the classes overlap)"
+        stats["positive_median"] = round(float(np.median(positives)), 4)
+        if pos_lo > floor:
+            threshold, rule = (floor + pos_lo) / 2, f"midpoint between the {rule} and the positives"
         stats["recall"] = round(float(np.mean(positives >= threshold)), 4)
-    else:
-        threshold, rule = neg_hi, "negatives' 99.99th percentile (no positives)"
-    stats["false_alarms"] = float(np.mean(negatives >= threshold))
+    stats["false_alarms_random"] = float(np.mean(negatives >= threshold))
+    if nearest is not None and len(nearest):
+        stats["false_alarms_new_photo"] = round(float(np.mean(nearest >= threshold)), 4)
     stats["threshold"] = round(float(threshold), 4)
     stats["rule"] = rule
     return stats
+
+
+def nearest_negatives(
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    sha_of_row: np.ndarray,
+    path_by_id: dict[int, str],
+    rng: np.random.Generator,
+    sample: int = NEAREST_SAMPLE,
+) -> np.ndarray:
+    """For sampled products, the cosine of the closest product showing a different picture."""
+    from webapp.inventory import perceptual
+
+    media = current_app.config["MEDIA_FOLDER"]
+    max_bits = int(current_app.config["DUPLICATE_HASH_DISTANCE"])
+    hashes: dict[int, np.ndarray | None] = {}
+
+    def phash(row: int) -> np.ndarray | None:
+        if row not in hashes:
+            photo = image_file(path_by_id.get(int(ids[row])), media)
+            try:
+                hashes[row] = perceptual.to_array([perceptual.phash_file(photo)])
+            except Exception:  # unreadable photo: judged by its bytes alone
+                hashes[row] = None
+        return hashes[row]
+
+    rows = rng.choice(len(ids), min(sample, len(ids)), replace=False)
+    out = []
+    for start in range(0, len(rows), 256):
+        block = rows[start : start + 256]
+        sims = vectors[block] @ vectors.T
+        for i, row in enumerate(block.tolist()):
+            sims[i, sha_of_row == sha_of_row[row]] = -np.inf  # itself and byte-identical copies
+            for cand in np.argsort(-sims[i])[:10].tolist():
+                a, b = phash(row), phash(cand)
+                if a is None or b is None or perceptual.distances(a, b)[0, 0] > max_bits:
+                    out.append(sims[i, cand])
+                    break
+    return np.asarray(out, np.float32)
 
 
 def _copies(photo: str) -> list[Image.Image]:
@@ -202,8 +262,9 @@ def calibrate_model(
             embedded = backbone.embed(images, batch_size=current_app.config["EMBEDDING_BATCH_SIZE"])
             copy_cos = np.einsum("ij,ij->i", embedded, vectors[np.asarray(originals)])
 
+    nearest = nearest_negatives(ids, vectors, sha_of_row, path_by_id, rng)
     positives = copy_cos if len(copy_cos) else identical_cos
-    stats = choose_threshold(positives, negative_cos)
+    stats = choose_threshold(positives, negative_cos, nearest)
     result = {
         "model_id": model_id,
         "threshold": stats["threshold"],

@@ -279,7 +279,6 @@ def product_panels(product: Product) -> dict[str, Any]:
     return {
         "index_job": tracking.state(product.id),
         "duplicate_check": duplicates.check_product(product) if product.image_path else None,
-        "inventory_action_form": ActionForm(),
     }
 
 
