@@ -49,14 +49,14 @@ class Product(db.Model):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     name: Mapped[str] = mapped_column(String(300))
-    gender: Mapped[str | None] = mapped_column(String(40), index=True)
-    master_category: Mapped[str | None] = mapped_column(String(80), index=True)
-    sub_category: Mapped[str | None] = mapped_column(String(80), index=True)
+    gender: Mapped[str | None] = mapped_column(String(40))
+    master_category: Mapped[str | None] = mapped_column(String(80))
+    sub_category: Mapped[str | None] = mapped_column(String(80))
     article_type: Mapped[str | None] = mapped_column(String(80), index=True)
-    base_colour: Mapped[str | None] = mapped_column(String(60), index=True)
-    season: Mapped[str | None] = mapped_column(String(40), index=True)
+    base_colour: Mapped[str | None] = mapped_column(String(60))
+    season: Mapped[str | None] = mapped_column(String(40))
     year: Mapped[int | None] = mapped_column(Integer)
-    usage: Mapped[str | None] = mapped_column(String(60), index=True)
+    usage: Mapped[str | None] = mapped_column(String(60))
     price: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
     stock: Mapped[int | None] = mapped_column(Integer)
     # Relative paths are under MEDIA_FOLDER; absolute ones point at a catalogue read in place.
@@ -68,9 +68,20 @@ class Product(db.Model):
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
 
+    # Shoppers only see active products, so every catalogue query filters on ``active``:
+    # (active, facet) indexes answer each facet count from the index alone, and the sort
+    # indexes serve the name and price orders without sorting the table.
     __table_args__ = (
         Index("ix_product_active_type_colour", "active", "article_type", "base_colour"),
         Index("ix_product_active_year", "active", "year"),
+        Index("ix_product_active_gender", "active", "gender"),
+        Index("ix_product_active_master", "active", "master_category"),
+        Index("ix_product_active_sub", "active", "sub_category"),
+        Index("ix_product_active_colour", "active", "base_colour"),
+        Index("ix_product_active_season", "active", "season"),
+        Index("ix_product_active_usage", "active", "usage"),
+        Index("ix_product_active_name", "active", "name", "id"),
+        Index("ix_product_active_price", "active", "price", "id"),
     )
 
     @property

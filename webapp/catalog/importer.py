@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import insert, inspect, select, update
+from sqlalchemy import insert, inspect, select, text, update
 from sqlalchemy.orm import Session, scoped_session
 
 from webapp.catalog.parsing import CatalogError, ParsedStyles, Skip, StyleRow, parse_styles
@@ -189,6 +189,10 @@ def import_catalog(
         if progress:
             progress(start + len(batch), total)
     result.skipped.sort(key=lambda s: s.line)
+    if result.inserted or result.updated:
+        # Fresh planner statistics let SQLite and PostgreSQL pick the (active, facet) indexes.
+        session.execute(text("ANALYZE"))
+        session.commit()
     result.seconds = time.perf_counter() - started
     logger.info("catalogue import of %s: %s", source.styles_path, result.counts())
     return result
