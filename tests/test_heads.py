@@ -197,3 +197,19 @@ def test_calibrate_stores_and_loads_with_the_model(tmp_path):
     assert stored["threshold_cosine"] == pytest.approx(2 * stored["threshold"] - 1, abs=1e-5)
     assert stored["target_precision"] == 0.9
     assert calibration.load_calibration(tmp_path, "other-model") is None
+
+
+def test_blas_threads_are_limited_inside_the_block_and_restored_after():
+    from worker.ml.blas import blas_threads, current_threads
+
+    before = current_threads()
+    with blas_threads(1):
+        inside = current_threads()
+        # Results are the same whatever the thread count.
+        a = np.arange(12, dtype=np.float32).reshape(3, 4)
+        np.testing.assert_allclose(a @ a.T, np.asarray(a, np.float64) @ a.T)
+    assert current_threads() == before
+    if before is not None:
+        assert inside == 1
+    with pytest.raises(ValueError), blas_threads(0):
+        pass

@@ -21,7 +21,7 @@ def register(model_cli: AppGroup, app: Flask) -> None:
 
     @model_cli.command("train")
     @click.option("--model", "model_id", help="Model id (default: the served one).")
-    @click.option("--epochs", default=25, show_default=True, type=click.IntRange(1, 500))
+    @click.option("--epochs", default=40, show_default=True, type=click.IntRange(1, 500))
     @click.option(
         "--min-count",
         default=10,

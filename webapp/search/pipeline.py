@@ -39,6 +39,7 @@ from webapp.search import services
 from webapp.similar import indexing
 from webapp.similar.services import eligible_clauses
 from webapp.uploads import media_file_path
+from worker.ml.blas import blas_threads
 
 logger = logging.getLogger(__name__)
 
@@ -172,9 +173,9 @@ def _read_photo(relative: str, size: int):
     """The uploaded photo, upright and RGB, no larger than ``size`` pixels on its longer side.
 
     A phone photo is decoded at a fraction of its size where JPEG allows it (DCT scaling),
-    then shrunk: the backbone needs ``input_size`` pixels, and decoding and resizing 12
-    megapixels would cost more than the whole search. Photos already small enough (every
-    catalogue photo) take exactly the path the catalogue's own embeddings took.
+    then shrunk once to the backbone's input size: decoding and resizing 12 megapixels would
+    cost more than the whole search. Photos already small enough (every catalogue photo)
+    take exactly the path the catalogue's own embeddings took.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -256,9 +257,7 @@ def search_photo(
     model_id = served_model()
     backbone = backbone_for(model_id)
     index = catalogue_index(model_id)
-    # Twice the input size: the backbone's own resize then does the last step, as it does for
-    # catalogue photos.
-    image = _read_photo(relative_path, 2 * backbone.input_size)
+    image = _read_photo(relative_path, backbone.input_size)
     query = backbone.embed([image])[0]
     if query.shape[0] != index.vectors.shape[1]:
         raise SearchError(f"The embeddings of {model_id} do not match its backbone.", 503)
@@ -369,7 +368,7 @@ def compare_photos(relative_paths: list[str], model: str | None) -> dict[str, An
         except SearchError:
             model_id = indexing.load_backbone().model_id
     backbone = backbone_for(model_id)
-    images = [_read_photo(p, 2 * backbone.input_size) for p in relative_paths]
+    images = [_read_photo(p, backbone.input_size) for p in relative_paths]
     a, b = backbone.embed(images)
     cosine = float(np.clip(np.dot(a, b), -1.0, 1.0))
     score = cosine_to_score(cosine)
@@ -406,16 +405,18 @@ def run_job(job_id: str) -> str:
         return record["state"]  # a redelivered task: the job already ended
     services.update_job(job_id, state="running")
     try:
-        if record["kind"] == "search":
-            n = int(record.get("n") or current_app.config["SEARCH_RESULTS_N"])
-            result = search_photo(
-                record["images"][0],
-                Preferences.from_session(record.get("prefs")),
-                n,
-                bool(record.get("all_categories")),
-            )
-        else:
-            result = compare_photos(record["images"], record.get("model"))
+        # One vector against a few matrices: BLAS threads only wait on each other here.
+        with blas_threads(1):
+            if record["kind"] == "search":
+                n = int(record.get("n") or current_app.config["SEARCH_RESULTS_N"])
+                result = search_photo(
+                    record["images"][0],
+                    Preferences.from_session(record.get("prefs")),
+                    n,
+                    bool(record.get("all_categories")),
+                )
+            else:
+                result = compare_photos(record["images"], record.get("model"))
         services.update_job(job_id, state="done", result=result)
         return "done"
     except SearchError as exc:

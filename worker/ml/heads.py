@@ -140,9 +140,9 @@ class TrainConfig:
     """Hyper-parameters shared by every head."""
 
     hidden: int = 512
-    dropout: float = 0.3
-    epochs: int = 25
-    batch_size: int = 256
+    dropout: float = 0.5
+    epochs: int = 40
+    batch_size: int = 512
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
