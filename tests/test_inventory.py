@@ -350,6 +350,7 @@ def test_bulk_import_end_to_end_in_process(hashed, admin, queued):
     [(new_exact, old_exact)] = up.exact.items()
     [(new_close, old_close)] = up.perceptual.items()
     assert (new_exact, old_exact, "exact") in dups
+    assert all(r["line"] for r in report if r["kind"] != "ignored"), "every row has its line"
     assert (new_close, old_close, "perceptual") in dups
 
     page = client.get(f"/admin/inventory/imports/{job_id}")

@@ -484,7 +484,10 @@ def _import_stage(job: ImportJob, lock: JobLock) -> dict[str, Any]:
         _duplicate_rows(job.id, matches, line_of),
         match=("exact", "perceptual"),
     )
-    _write_json(folder / OUTCOME_NAME, {"affected": changed})
+    _write_json(
+        folder / OUTCOME_NAME,
+        {"affected": changed, "lines": {str(p): line_of[p] for p in changed}},
+    )
     job.inserted, job.updated, job.unchanged = len(inserted), len(updated), len(unchanged)
     job.skipped = len(result.skipped)
     job.rows_done = job.rows_total
@@ -536,7 +539,8 @@ def _index_stage(job: ImportJob, lock: JobLock) -> dict[str, Any]:
     outcome_path = folder / OUTCOME_NAME
     if not outcome_path.exists():
         raise UploadRejected("The working files of this job are gone; start a new import.")
-    affected = json.loads(outcome_path.read_text())["affected"]
+    outcome = json.loads(outcome_path.read_text())
+    affected = outcome["affected"]
     job.index_total = len(affected)
     db.session.commit()
 
@@ -552,14 +556,7 @@ def _index_stage(job: ImportJob, lock: JobLock) -> dict[str, Any]:
         affected, backbone=backbone, plan_path=folder / PLAN_NAME, progress=progress
     )
     lock.refresh()
-    line_of = {
-        int(r.product_id): r.line
-        for r in db.session.scalars(
-            select(ImportJobRow).where(
-                ImportJobRow.job_id == job.id, ImportJobRow.kind == "duplicate"
-            )
-        )
-    }
+    line_of = {int(pid): line for pid, line in outcome.get("lines", {}).items()}
     similar = _similar_matches(backbone.model_id, report.embedded, job.id)
     _replace_rows(
         job.id, ("duplicate",), _duplicate_rows(job.id, similar, line_of), match=("similar",)
