@@ -877,3 +877,18 @@ def test_a_job_and_the_duplicate_queries_on_both_databases(any_db_app, redis_db,
         assert duplicates.lookalike_groups() == ([], 0)
         rows = import_jobs.report_rows(job.id)
         assert [r.kind for r in rows[:4]] == ["skipped"] * 4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CATALOGUE_IMAGES.is_dir(), reason="reference catalogue not present")
+def test_the_reference_catalogue_has_651_groups_of_identical_photos(app):
+    """Import the whole reference catalogue (photos read in place) and list its groups."""
+    from webapp.catalog import import_catalog
+
+    with app.app_context():
+        result = import_catalog(CATALOGUE_IMAGES.parent, session=db.session)
+        assert len(result.inserted) == 41_071
+        groups, total, products = duplicates.identical_groups(1, 5)
+        assert (total, products) == (651, 1429)
+        assert all(len({p.image_sha256 for p in g.products}) == 1 for g in groups)
+        assert all(len(g.products) >= 2 for g in groups)
