@@ -159,6 +159,62 @@ class TestPipelineRank:
         assert recs.tolist() == [[1, 0, 2]] and levels == ["type"]
 
 
+def test_groups_index_rows_by_type_sub_and_colour():
+    g = ev.Groups(TestPipelineRank.LABELS)
+    assert g.rows("type", "Men|Jeans").tolist() == [3, 4, 5]
+    assert g.rows("sub", "Topwear").tolist() == [0, 1, 2]
+    assert g.rows("type+colour", "Men|Jeans|Red").tolist() == [4, 5]
+    assert g.rows("type", "Women|Dresses").tolist() == []
+
+
+def test_a_separate_colour_threshold():
+    # colour confidence 0.4: below the 0.5 of the other levels, above a colour threshold of 0.3
+    pred = [ev.Prediction(type=("Men|Shirts", 0.9), colour=("Red", 0.4))]
+    q = TestPipelineRank().query(4)
+    args = (TestPipelineRank.INDEX, q, pred, TestPipelineRank.LABELS, 3)
+    base = ev.PipelinePolicy(same_photo_cosine=1.01, colour_first=True)
+    assert ev.pipeline_rank(*args, base)[0].tolist() == [[0, 1, 2]]  # colour not trusted
+    lower = ev.PipelinePolicy(same_photo_cosine=1.01, colour_first=True, colour_min_confidence=0.3)
+    assert ev.pipeline_rank(*args, lower)[0].tolist() == [[1, 0, 2]]  # the red shirt first
+
+
+def test_ensemble_averages_heads_and_projection():
+    from worker.ml.heads import Head, HeadSet
+
+    p = tiny_projection()  # type classes Men|A, Men|B; colours Red, Blue, X
+    rng = np.random.default_rng(2)
+    e, c = unit(rng.normal(size=(4, 6))), unit(rng.random((4, 4)))
+
+    def head(name, classes):
+        params = {
+            "mean": np.zeros(6),
+            "scale": np.ones(6),
+            "w1": rng.normal(size=(6, 4)),
+            "b1": np.zeros(4),
+            "w2": rng.normal(size=(4, len(classes))),
+            "b2": np.zeros(len(classes)),
+        }
+        return Head(name, classes, params)
+
+    heads = HeadSet(
+        "m",
+        {
+            "sub": head("sub", ["Topwear", "Bottomwear"]),
+            "type": head("type", ["Men|A", "Men|B", "Men|C"]),  # C unknown to the projection
+            "colour": head("colour", ["Blue", "Red"]),
+        },
+    )
+    z = p.transform(e, c)
+    out = ev.ensemble_predictions(heads, p, e, z)
+    h_type = heads.heads["type"].predict(e)[:, :2]
+    p_type = p.classify(z, "type")
+    for i, pred in enumerate(out):
+        avg = 0.5 * h_type[i] + 0.5 * p_type[i]  # over Men|A, Men|B, the shared classes
+        assert pred.type == (["Men|A", "Men|B"][int(np.argmax(avg))], pytest.approx(avg.max()))
+        assert pred.colour[0] in {"Blue", "Red"}  # X is the projection's alone
+        assert pred.sub[0] in {"Topwear", "Bottomwear"}
+
+
 def test_classifier_scores_per_head():
     truth = labels(["Shirts", "Jeans"], subs=["Topwear", "Bottomwear"])
     preds = [

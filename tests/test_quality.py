@@ -137,6 +137,34 @@ def test_held_out_split_never_indexes_the_queries(labelled, tmp_path):
     assert "Training" not in again.output
     second = json.loads((tmp_path / "again.json").read_text())["models"][0]
     assert second["table"] == data["models"][2]["table"]
+    # Both classifiers voting, the predicted colour first.
+    voted = app.test_cli_runner().invoke(
+        args=[
+            "model",
+            "evaluate",
+            "--split",
+            "0.25",
+            "--head",
+            "tuned",
+            "--k",
+            "5",
+            "--classifier",
+            "ensemble",
+            "--colour-first",
+            "--latency-sample",
+            "0",
+            "--no-save",
+            "--json",
+            str(tmp_path / "voted.json"),
+        ]
+    )
+    assert voted.exit_code == 0, voted.output
+    third = json.loads((tmp_path / "voted.json").read_text())
+    assert third["models"][0]["ranking"] == (
+        "photo-search pipeline (classifier: heads + tuned projection; predicted colour first)"
+    )
+    assert "--classifier ensemble --colour-first" in third["command"]
+    assert "heads + tuned projection" in third["models"][0]["classifier"]
 
 
 def test_query_folder_of_products_outside_the_catalogue(labelled, tmp_path):

@@ -62,11 +62,17 @@ def register(model_cli: AppGroup, app: Flask) -> None:
     )
     @click.option(
         "--classifier",
-        type=click.Choice(["heads", "tuned"]),
+        type=click.Choice(["heads", "tuned", "ensemble"]),
         default="heads",
         show_default=True,
-        help="Photo searches: narrow with the photo-search heads, or (head 'tuned') with the "
-        "tuned projection's own classes.",
+        help="Photo searches: narrow with the photo-search heads; for head 'tuned' also with "
+        "the projection's own classes ('tuned') or both averaged ('ensemble').",
+    )
+    @click.option(
+        "--colour-first",
+        is_flag=True,
+        help="Photo searches: within the predicted type, the predicted colour first (when "
+        "the classifier is confident).",
     )
     @click.option(
         "--latency-sample",
@@ -88,6 +94,7 @@ def register(model_cli: AppGroup, app: Flask) -> None:
         min_type_count: int,
         colour_weight: float,
         classifier: str,
+        colour_first: bool,
         latency_sample: int,
         retrain: bool,
         json_out: str | None,
@@ -109,6 +116,7 @@ def register(model_cli: AppGroup, app: Flask) -> None:
                 queries=queries,
                 colour_weight=colour_weight,
                 classifier=classifier,
+                colour_first=colour_first,
                 latency_sample=latency_sample,
                 retrain=retrain,
             )

@@ -69,7 +69,8 @@ class Options:
     seed: int = 0
     queries: str | None = None
     colour_weight: float = 0.3
-    classifier: str = "heads"  # heads | tuned: which classifier narrows photo searches
+    classifier: str = "heads"  # heads | tuned | ensemble: which classifier narrows searches
+    colour_first: bool = False  # photo searches: the predicted colour first within the type
     latency_sample: int = 50
     retrain: bool = False
 
@@ -470,47 +471,62 @@ def _photo_models(
     policy = ev.PipelinePolicy(
         min_confidence=cfg.get("SEARCH_MIN_CONFIDENCE", 0.5),
         same_photo_cosine=cfg.get("SEARCH_SAME_PHOTO_COSINE", 0.98),
+        colour_first=opts.colour_first,
     )
     head_preds = ev.head_predictions(headset, qv) if headset is not None else None
+    groups = ev.Groups(index_labels)
     type_to_sub = _type_to_sub(index_labels)
     models = []
     for head in opts.heads:
         t0 = time.perf_counter()
         built = build_model(head, cat, colours, index_rows, qv, qc, index_rows, opts, say)
         t1 = time.perf_counter()
-        tuned_preds = None
+        tuned_preds = ensemble = None
         if built.projection is not None:
             tuned_preds = ev.projection_predictions(
                 built.projection, built.projected_queries, type_to_sub
             )
-        use_tuned = opts.classifier == "tuned" and tuned_preds is not None
-        preds = tuned_preds if use_tuned else head_preds
-        classifier_name = (
-            "tuned projection" if use_tuned else ("photo-search heads" if preds else "none")
-        )
+            if headset is not None:
+                ensemble = ev.ensemble_predictions(
+                    headset, built.projection, qv, built.projected_queries
+                )
+        choices = {
+            "tuned": ("tuned projection", tuned_preds),
+            "ensemble": ("heads + tuned projection", ensemble),
+        }
+        classifier_name, preds = choices.get(opts.classifier, (None, None))
+        if preds is None:
+            classifier_name, preds = "photo-search heads", head_preds
+        if preds is None:
+            classifier_name = "none"
         if say:
             say(f"Photo search, {head}: {len(qv)} queries against {len(index_rows)} products...")
         if preds is None:
             preds = [ev.Prediction()] * len(qv)
         recs, levels = ev.pipeline_rank(
-            built.index, built.queries, preds, index_labels, opts.k, policy
+            built.index, built.queries, preds, index_labels, opts.k, policy, groups=groups
         )
         t2 = time.perf_counter()
         plain_recs = ev.rank(built.index, built.queries, opts.k)
         scores = ev.score_rankings(query_labels, recs, index_labels, opts.k)
         ranking_only = ev.score_rankings(query_labels, plain_recs, index_labels, opts.k)
         classifier = {}
-        if head_preds is not None:
-            classifier["photo-search heads"] = ev.classifier_scores(query_labels, head_preds)
-        if tuned_preds is not None:
-            classifier["tuned projection"] = ev.classifier_scores(query_labels, tuned_preds)
+        for name, answers in (
+            ("photo-search heads", head_preds),
+            ("tuned projection", tuned_preds),
+            ("heads + tuned projection", ensemble),
+        ):
+            if answers is not None:
+                classifier[name] = ev.classifier_scores(query_labels, answers)
         counts = {lvl: levels.count(lvl) for lvl in sorted(set(levels))}
         models.append(
             {
                 "name": head,
                 "description": HEAD_DESCRIPTIONS[head],
                 "model_id": built.model_id,
-                "ranking": f"photo-search pipeline (classifier: {classifier_name})",
+                "ranking": f"photo-search pipeline (classifier: {classifier_name}"
+                + ("; predicted colour first" if opts.colour_first else "")
+                + ")",
                 "index": int(len(index_rows)),
                 **scores,
                 "ranking_only": {
@@ -519,14 +535,16 @@ def _photo_models(
                 },
                 "classifier": classifier,
                 "levels": counts,
-                "latency": _latency(cat, built, headset, index_labels, opts, policy, photos),
+                "latency": _latency(
+                    cat, built, headset, index_labels, opts, policy, photos, groups
+                ),
                 "seconds": {"build": round(t1 - t0, 1), "rank": round(t2 - t1, 1)},
             }
         )
     return models
 
 
-def _latency(cat, built, headset, index_labels, opts, policy, photos) -> dict:
+def _latency(cat, built, headset, index_labels, opts, policy, photos, groups) -> dict:
     """Per-photo time through the whole path: decode, embed, colour, classify, rank."""
     photos = [p for p in photos if p is not None][: opts.latency_sample]
     if not photos:
@@ -554,7 +572,7 @@ def _latency(cat, built, headset, index_labels, opts, policy, photos) -> dict:
 
                 q = built.projection.retrieval_vectors(e, c, FusionWeights())
         preds = ev.head_predictions(headset, e) if headset is not None else [ev.Prediction()]
-        ev.pipeline_rank(built.index, q, preds, index_labels, opts.k, policy)
+        ev.pipeline_rank(built.index, q, preds, index_labels, opts.k, policy, groups=groups)
         times.append(time.perf_counter() - t0)
     return {
         "what": "one photo: decode, embed, colour descriptor, classify, rank (no broker, no DB)",
@@ -744,6 +762,8 @@ def command_line(opts: Options) -> str:
         words.append(f"--colour-weight {opts.colour_weight:g}")
     if opts.classifier != "heads":
         words.append(f"--classifier {opts.classifier}")
+    if opts.colour_first:
+        words.append("--colour-first")
     return " ".join(words)
 
 
@@ -766,6 +786,7 @@ def header(opts: Options, cat: Catalogue) -> dict[str, Any]:
             "queries": opts.queries,
             "colour_weight": opts.colour_weight,
             "classifier": opts.classifier,
+            "colour_first": opts.colour_first,
         },
         "reference": {"name": ev.REFERENCE_NAME, "table": ev.REFERENCE_TABLE},
     }

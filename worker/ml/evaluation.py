@@ -177,6 +177,7 @@ class PipelinePolicy:
     same_photo_cosine: float = 0.98
     same_photo_max: int = 5
     colour_first: bool = False  # narrow to the predicted colour within the predicted type first
+    colour_min_confidence: float | None = None  # for the colour level; None: min_confidence
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,35 @@ class Prediction:
     colour: tuple[str, float] | None = None
 
 
-def _confident(p: tuple[str, float] | None, policy: PipelinePolicy) -> bool:
-    return p is not None and p[0] != "(other)" and p[1] >= policy.min_confidence
+def _confident(
+    p: tuple[str, float] | None, policy: PipelinePolicy, threshold: float | None = None
+) -> bool:
+    limit = policy.min_confidence if threshold is None else threshold
+    return p is not None and p[0] != "(other)" and p[1] >= limit
+
+
+class Groups:
+    """Index rows per gender + article type, per sub-category and per type + colour."""
+
+    def __init__(self, labels: Labels) -> None:
+        self._by: dict[str, dict[str, np.ndarray]] = {}
+        derived = labels.derived_type
+        keyed = {
+            "type": derived,
+            "sub": labels.sub_category,
+            "type+colour": metrics.combine(derived, labels.base_colour),
+        }
+        for kind, values in keyed.items():
+            codes, names = metrics.encode(values)
+            order = np.argsort(codes, kind="stable")
+            bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+            self._by[kind] = {
+                name: order[bounds[i] : bounds[i + 1]] for i, name in enumerate(names)
+            }
+
+    def rows(self, kind: str, value: str) -> np.ndarray:
+        """Row numbers of one group (empty when the index has none)."""
+        return self._by[kind].get(value, np.empty(0, np.int64))
 
 
 def pipeline_rank(
@@ -201,8 +229,11 @@ def pipeline_rank(
     policy: PipelinePolicy = PipelinePolicy(),
     *,
     block: int = 256,
+    groups: Groups | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Photo search's top n per query: (rows int64 [q, n], the widest level each consulted).
+
+    ``groups`` (built from ``index_labels``) can be passed in to be reused across calls.
 
     Levels, in order, each filling what the previous left: the same photo; the predicted
     gender + article type (if confident; with ``colour_first``, that type in the predicted
@@ -212,22 +243,8 @@ def pipeline_rank(
         raise ValueError("one prediction per query is needed")
     index_vectors = np.ascontiguousarray(index_vectors, dtype=np.float32)
     n = min(n, len(index_vectors))
-    groups: dict[tuple[str, str], np.ndarray] = {}
-    derived = index_labels.derived_type
-
-    def rows_of(kind: str, value: str) -> np.ndarray:
-        key = (kind, value)
-        if key not in groups:
-            if kind == "type":
-                mask = derived == value
-            elif kind == "sub":
-                mask = index_labels.sub_category == value
-            else:  # "type+colour": value is "Men|Shirts|Blue"
-                t, _, c = value.rpartition("|")
-                mask = (derived == t) & (index_labels.base_colour == c)
-            groups[key] = np.flatnonzero(mask)
-        return groups[key]
-
+    groups = groups if groups is not None else Groups(index_labels)
+    rows_of = groups.rows
     out = np.empty((len(query_vectors), n), np.int64)
     levels: list[str] = []
     for start in range(0, len(query_vectors), block):
@@ -251,7 +268,9 @@ def pipeline_rank(
             take(same[s[same] >= policy.same_photo_cosine], n)
             plan: list[tuple[str, np.ndarray]] = []
             if _confident(pred.type, policy):
-                if policy.colour_first and _confident(pred.colour, policy):
+                if policy.colour_first and _confident(
+                    pred.colour, policy, policy.colour_min_confidence
+                ):
                     plan.append(
                         ("type+colour", rows_of("type+colour", f"{pred.type[0]}|{pred.colour[0]}"))
                     )
@@ -394,4 +413,33 @@ def projection_predictions(
                 colour=(colours[c], float(cp[c])),
             )
         )
+    return out
+
+
+def ensemble_predictions(
+    headset, projection, embeddings: np.ndarray, projected: Mapping[str, np.ndarray]
+) -> list[Prediction]:
+    """The photo-search heads and the tuned projection voting together: their class
+    probabilities averaged (equal weights) over the classes both know, for the type and the
+    colour; the sub-category is the heads' own."""
+    x = np.atleast_2d(np.asarray(embeddings, np.float32))
+    averaged: dict[str, tuple[list[str], np.ndarray]] = {}
+    for name in ("type", "colour"):
+        head = headset.heads[name]
+        classes = sorted(set(head.classes) & set(projection.classes[name]))
+        hi = [head.classes.index(c) for c in classes]
+        pi = [projection.classes[name].index(c) for c in classes]
+        probs = 0.5 * head.predict(x)[:, hi] + 0.5 * projection.classify(projected, name)[:, pi]
+        averaged[name] = (classes, probs)
+    sub_head = headset.heads["sub"]
+    sub_probs = sub_head.predict(x)
+    out = []
+    for i in range(len(x)):
+        answer = {}
+        for name, (classes, probs) in averaged.items():
+            j = int(np.argmax(probs[i]))
+            answer[name] = (classes[j], float(probs[i][j]))
+        j = int(np.argmax(sub_probs[i]))
+        answer["sub"] = (sub_head.classes[j], float(sub_probs[i][j]))
+        out.append(Prediction(**answer))
     return out
