@@ -574,8 +574,9 @@ def _latency(cat, built, headset, index_labels, opts, policy, photos, groups) ->
         preds = ev.head_predictions(headset, e) if headset is not None else [ev.Prediction()]
         ev.pipeline_rank(built.index, q, preds, index_labels, opts.k, policy, groups=groups)
         times.append(time.perf_counter() - t0)
+    steps = "decode, embed" + ("" if built.head == "plain" else ", colour descriptor")
     return {
-        "what": "one photo: decode, embed, colour descriptor, classify, rank (no broker, no DB)",
+        "what": f"one photo: {steps}, classify, rank (no broker, no DB)",
         **ev.latency_summary(times),
     }
 
