@@ -319,6 +319,7 @@ def test_api_search_then_poll_returns_the_similar_products_shape(shop, web):
     assert set(body["items"][0]) == set(similar["items"][0]), "same item shape as /similar"
     assert {"status", "model", "message", "items"} <= set(body)
     assert body["model"] == similar["model"]
+    assert body["heads"].startswith("heads1-"), "results name the head version too"
     fields = {p["field"] for p in body["predictions"]}
     assert fields == {"gender", "article_type", "sub_category", "base_colour"}
     assert all(0 <= p["confidence"] <= 1 for p in body["predictions"])

@@ -154,6 +154,7 @@ def job_json(record: dict) -> tuple[dict, int]:
             "predictions": view.predictions,
             "searched": view.searched,
             "all_categories": view.all_categories,
+            "heads": view.heads,
             "worker_ms": view.elapsed_ms,
             "results_url": url_for("search.job_detail", job_id=record["id"]),
         }

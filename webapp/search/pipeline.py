@@ -320,7 +320,10 @@ def search_photo(
             continue
         if name == "type":
             gender, _, article_type = p.label.partition("|")
-            for field, value in (("gender", gender), ("article_type", article_type)):
+            pairs = [("gender", gender), ("article_type", article_type)]
+            if p.is_other:  # none of the common types: say so once, as the type
+                pairs = [("article_type", p.label)]
+            for field, value in pairs:
                 prediction_list.append(
                     {
                         "head": name,

@@ -223,6 +223,7 @@ class SearchView:
     all_categories: bool
     elapsed_ms: float | None
     code: int
+    heads: str | None = None
 
 
 def search_view(record: dict[str, Any]) -> SearchView:
@@ -262,6 +263,7 @@ def search_view(record: dict[str, Any]) -> SearchView:
         record["all_categories"],
         found.get("elapsed_ms"),
         200,
+        found.get("heads"),
     )
 
 
