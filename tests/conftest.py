@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import re
@@ -19,7 +20,30 @@ from webapp.similar import indexing
 
 # PostgreSQL server used for the PostgreSQL runs; each test session gets its own database.
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _claim_redis_database() -> str:
+    """A Redis database of this test session's own, so concurrent runs (and their Celery
+    workers) never consume each other's tasks or flush each other's keys.
+
+    Claims live in database 0 (tests flush their own database) and expire after 6 hours in
+    case a run is killed; TEST_REDIS_URL overrides the whole choice.
+    """
+    if os.environ.get("TEST_REDIS_URL"):
+        return os.environ["TEST_REDIS_URL"]
+    claims = redis.Redis(host="127.0.0.1", port=6379, db=0, socket_connect_timeout=2)
+    try:
+        for number in range(15, 0, -1):
+            key = f"shop-tests:db:{number}"
+            if claims.set(key, os.getpid(), nx=True, ex=6 * 3600):
+                atexit.register(claims.delete, key)
+                return f"redis://127.0.0.1:6379/{number}"
+    except redis.ConnectionError:
+        pass  # tests that need Redis fail with a clear connection error of their own
+    return "redis://127.0.0.1:6379/15"
+
+
+TEST_REDIS_URL = _claim_redis_database()
 
 
 @pytest.fixture(autouse=True)
