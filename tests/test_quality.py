@@ -311,3 +311,15 @@ def test_quality_page_is_for_admins_only(app, auth, client):
     assert anonymous.status_code == 302 and "/account/login" in anonymous.headers["Location"]
     auth.login(role="shopper")
     assert client.get("/admin/quality/").status_code == 403
+
+
+def test_chart_axis_is_round_and_text_is_escaped():
+    import re
+
+    from webapp.quality.charts import Series, line_chart
+
+    svg = str(line_chart("a <b>", ["0", "0.1", "0.2"], [Series("x<y", [0.45, 0.58, None])]))
+    # lowest point 45 % -> axis from 40 % in steps of 20 points; the gap (None) is skipped
+    assert re.findall(r">(\d+)%<", svg) == ["40", "60", "80", "100"]
+    assert svg.count("<circle") == 2
+    assert "a &lt;b&gt;" in svg and "x&lt;y" in svg and "<b>" not in svg

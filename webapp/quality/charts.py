@@ -3,6 +3,7 @@ forbids both; colours come from classes styled in ``static/css/quality.css``).""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,9 +37,13 @@ def line_chart(
 ) -> Markup:
     """An accessible inline SVG: one polyline per series, y in percent, a title and axes."""
     values = [v for s in series for v in s.values if v is not None]
-    lo = min([*values, 1.0]) if values else 0.0
-    lo = max(0.0, (int(lo * 10) / 10) - 0.1 if values else 0.0)
+    # The y axis starts at a round figure under the lowest point: gridlines every 10 points
+    # for a short range, every 20 for a long one.
+    low = min(values) if values else 0.0
+    step = 0.1 if low >= 0.5 else 0.2
+    lo = max(0.0, math.floor(low / step - 1e-9) * step)
     hi = 1.0
+    steps = max(1, round((hi - lo) / step))
     n = len(x_labels)
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" '
@@ -46,7 +51,6 @@ def line_chart(
         f"<title>{escape(title)}</title>",
         f'<text class="chart-title" x="{WIDTH / 2}" y="16" text-anchor="middle">{escape(title)}</text>',
     ]
-    steps = 5
     for i in range(steps + 1):
         v = lo + (hi - lo) * i / steps
         y = _y(v, lo, hi)
