@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 import time
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from tests.conftest import AuthActions, _make_app, add_product, save_photo
+from tests.conftest import TEST_REDIS_URL, AuthActions, _make_app, add_product, save_photo
 from tests.inventory_data import build_upload, photo_bytes
 from tests.worker_process import WorkerProcess
 from webapp.extensions import db
@@ -23,9 +22,8 @@ from webapp.models import ImportJob, Product
 from webapp.similar import indexing
 from worker.ml.neighbours import all_neighbours
 
-# A Redis database of its own: these tests run for most of a minute, and other test runs on
-# the same machine flush the shared test database (15) as they start and end.
-REDIS_URL = os.environ.get("TEST_INVENTORY_REDIS_URL", "redis://127.0.0.1:6379/12")
+# This test session's own Redis database (see conftest): no other run flushes it.
+REDIS_URL = TEST_REDIS_URL
 SETTINGS = {
     "REDIS_URL": REDIS_URL,
     "EMBEDDING_BACKBONE": "tiny",
