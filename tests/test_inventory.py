@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import time
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -892,3 +893,18 @@ def test_the_reference_catalogue_has_651_groups_of_identical_photos(app):
         assert (total, products) == (651, 1429)
         assert all(len({p.image_sha256 for p in g.products}) == 1 for g in groups)
         assert all(len(g.products) >= 2 for g in groups)
+
+
+def test_a_killed_but_unreaped_lock_holder_counts_as_gone():
+    """A worker killed with SIGKILL can linger as a zombie; its job lock must be taken over."""
+    import subprocess
+
+    from webapp.inventory.jobs import _pid_alive
+
+    child = subprocess.Popen(["sleep", "30"])
+    assert _pid_alive(child.pid)
+    child.kill()
+    time.sleep(0.2)  # killed, not yet waited for: a zombie
+    assert not _pid_alive(child.pid)
+    child.wait()
+    assert not _pid_alive(child.pid)

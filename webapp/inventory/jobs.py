@@ -237,13 +237,20 @@ _REFRESH = (
 
 
 def _pid_alive(pid: int) -> bool:
+    """True while the process runs; a killed process not yet reaped (a zombie) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        # /proc/<pid>/stat: "pid (name) state ...": the name may hold spaces, the state follows it.
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc: the signal check above is all we have
+    return state not in {"Z", "X"}
 
 
 class JobLock:
