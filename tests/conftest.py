@@ -71,6 +71,8 @@ def base_config(tmp_path, database_uri: str) -> dict:
         "MEDIA_FOLDER": str(tmp_path / "media"),
         "MODEL_FOLDER": str(tmp_path / "models"),
         "REDIS_URL": TEST_REDIS_URL,
+        # Tests that tune say so; the others keep the plain backbone they embed with.
+        "EMBEDDING_TUNED": "off",
         "WTF_CSRF_ENABLED": False,
         "SERVER_NAME": None,
     }
@@ -273,3 +275,31 @@ def catalogue(app, redis_db, tmp_path):
         assert report.embedded == 30 and report.skipped == []
         indexing.build_neighbours(report.model_id)
     return app, report.model_id, media
+
+
+LABELLED_TYPES = [("Men", "Shirts", "Topwear"), ("Women", "Jeans", "Bottomwear")]
+LABELLED_COLOURS = ["Red", "Blue", "Green"]
+
+
+@pytest.fixture
+def labelled(app, redis_db, tmp_path):
+    """48 products: two gender + article types x three colours (8 of each), tiny backbone."""
+    app.config.update(EMBEDDING_BACKBONE="tiny", NEIGHBOURS_K=5)
+    media = tmp_path / "media"
+    with app.app_context():
+        for i in range(48):
+            gender, article_type, sub = LABELLED_TYPES[i % 2]
+            colour = LABELLED_COLOURS[(i // 2) % 3]
+            add_product(
+                id=2000 + i,
+                name=f"Product {i}",
+                gender=gender,
+                article_type=article_type,
+                sub_category=sub,
+                base_colour=colour,
+                image_path=save_photo(media, f"q{i}.jpg", colour, i),
+            )
+        report = indexing.embed_catalog()
+        assert report.embedded == 48
+        indexing.build_neighbours(report.model_id)
+    return app, report.model_id

@@ -75,3 +75,38 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(KeyError):
         store.get([7])
     assert len(store) == 1
+
+
+def test_dimension_without_applying_every_part(tmp_path, monkeypatch):
+    store = EmbeddingStore(tmp_path, "m")
+    assert store.dim() is None
+    store.write_part(deleted=[5])  # a part without vectors says nothing of the dimension
+    assert store.dim() is None
+    store.write_part([1], unit(1, dim=6))
+    assert store.dim() == 6
+    store.compact()
+    fresh = EmbeddingStore(tmp_path, "m")
+    import worker.ml.store as mod
+
+    def no_apply(*args, **kwargs):
+        raise AssertionError("writing a part must not fold every part in")
+
+    monkeypatch.setattr(mod, "_apply", no_apply)
+    assert fresh.dim() == 6
+    fresh.write_part([2], unit(1, dim=6, seed=2))
+    fresh.write_part([3], unit(1, dim=6, seed=3))
+    with pytest.raises(ValueError, match="dimension"):
+        fresh.write_part([4], unit(1, dim=5))
+
+
+def test_half_float_store(tmp_path):
+    store = EmbeddingStore(tmp_path, "maps", dtype=np.float16)
+    v = unit(3, dim=12)
+    store.write_part([1, 2, 3], v, keys=["a", "b", "c"])
+    store.write_part(deleted=[2])
+    ids, vectors = store.load()
+    assert ids.tolist() == [1, 3] and vectors.dtype == np.float16
+    store.compact()
+    ids, vectors = EmbeddingStore(tmp_path, "maps", dtype=np.float16).load()
+    assert vectors.dtype == np.float16
+    np.testing.assert_allclose(vectors.astype(np.float32), v[[0, 2]], atol=1e-3)

@@ -5,38 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
-import pytest
-
-from tests.conftest import add_product, save_photo
+from tests.conftest import save_photo
 from webapp.quality import services
-from webapp.similar import indexing
-
-TYPES = [("Men", "Shirts", "Topwear"), ("Women", "Jeans", "Bottomwear")]
-COLOURS = ["Red", "Blue", "Green"]
-
-
-@pytest.fixture
-def labelled(app, redis_db, tmp_path):
-    """48 products: two gender + article types x three colours (8 of each), tiny backbone."""
-    app.config.update(EMBEDDING_BACKBONE="tiny", NEIGHBOURS_K=5)
-    media = tmp_path / "media"
-    with app.app_context():
-        for i in range(48):
-            gender, article_type, sub = TYPES[i % 2]
-            colour = COLOURS[(i // 2) % 3]
-            add_product(
-                id=2000 + i,
-                name=f"Product {i}",
-                gender=gender,
-                article_type=article_type,
-                sub_category=sub,
-                base_colour=colour,
-                image_path=save_photo(media, f"q{i}.jpg", colour, i),
-            )
-        report = indexing.embed_catalog()
-        assert report.embedded == 48
-        indexing.build_neighbours(report.model_id)
-    return app, report.model_id
 
 
 def test_leave_one_out_prints_the_report_table_and_stores_json(labelled, tmp_path):
@@ -106,13 +76,14 @@ def test_held_out_split_never_indexes_the_queries(labelled, tmp_path):
     assert data["kind"] == "held-out"
     assert data["split"]["held"] == 12 and data["split"]["kept"] == 36  # 25 % of each stratum
     names = [m["name"] for m in data["models"]]
-    assert names == ["plain", "colour", "tuned"]
+    assert names == ["plain", "colour", "projection", "tuned"]
     for m in data["models"]:
         assert m["queries"] == 12 and m["index"] == 36
         assert "photo-search pipeline" in m["ranking"]
         assert m["latency"]["n"] == 3
     assert "photo-search heads" in data["models"][0]["classifier"]
-    assert "tuned projection" in data["models"][2]["classifier"]
+    assert "projection" in data["models"][2]["classifier"]
+    assert list(data["models"][3]["classifier"]) == ["the tuned backbone's heads"]
     # Colour decides these photos: adding the colour descriptor cannot make colour worse.
     assert data["models"][1]["colour_match_at_k"] >= data["models"][0]["colour_match_at_k"]
     # Same split again: the cached heads and projection are reused, the figures repeat.
@@ -123,7 +94,7 @@ def test_held_out_split_never_indexes_the_queries(labelled, tmp_path):
             "--split",
             "0.25",
             "--head",
-            "tuned",
+            "projection",
             "--k",
             "5",
             "--latency-sample",
@@ -145,7 +116,7 @@ def test_held_out_split_never_indexes_the_queries(labelled, tmp_path):
             "--split",
             "0.25",
             "--head",
-            "tuned",
+            "projection",
             "--k",
             "5",
             "--classifier",
@@ -161,10 +132,10 @@ def test_held_out_split_never_indexes_the_queries(labelled, tmp_path):
     assert voted.exit_code == 0, voted.output
     third = json.loads((tmp_path / "voted.json").read_text())
     assert third["models"][0]["ranking"] == (
-        "photo-search pipeline (classifier: heads + tuned projection; predicted colour first)"
+        "photo-search pipeline (classifier: heads + projection; predicted colour first)"
     )
     assert "--classifier ensemble --colour-first" in third["command"]
-    assert "heads + tuned projection" in third["models"][0]["classifier"]
+    assert "heads + projection" in third["models"][0]["classifier"]
 
 
 def test_query_folder_of_products_outside_the_catalogue(labelled, tmp_path):
@@ -275,7 +246,7 @@ def stored_result(app, model_id="efficientnet_lite0-57934424-160-avg") -> dict:
                 "classifier": {},
                 "latency": {"mean_ms": 1.2, "what": "batched"},
             }
-            for name, suffix, base in (("plain", "", 0.4), ("tuned", ".tuned12345678", 0.9))
+            for name, suffix, base in (("plain", "", 0.4), ("tuned", ".ft12345678", 0.9))
         ],
     }
     with app.app_context():
@@ -292,7 +263,7 @@ def test_quality_page_shows_tables_and_charts(app, auth, client):
     assert "Product pages (leave-one-out over the catalogue)" in html
     assert html.count("<svg") == 3  # one chart per feature
     assert html.count("<polyline") == 9  # two models + the reference, in each chart
-    assert "efficientnet_lite0-57934424-160-avg.tuned12345678" in html
+    assert "efficientnet_lite0-57934424-160-avg.ft12345678" in html
     assert "82.21&nbsp;%" in html  # the reference row
     assert "90.00&nbsp;%" in html  # tuned, tolerance 0
     assert "flask --app wsgi model evaluate --head all" in html

@@ -61,9 +61,13 @@ def celery_init_app(app: Flask) -> Celery:
             "task_routes": {
                 "worker.tasks.ml_index_catalog": {"queue": "index"},
                 "worker.tasks.ml_build_neighbours": {"queue": "index"},
+                "worker.tasks.ml_tune_catalog": {"queue": "index"},
                 "worker.tasks.ml_*": {"queue": "ml"},
             },
             "task_acks_late": True,
+            # A message unacknowledged this long is handed to another worker: longer than the
+            # longest job (tuning the backbone on a 2-core machine takes up to an hour).
+            "broker_transport_options": {"visibility_timeout": 4 * 3600},
             "task_reject_on_worker_lost": True,
             "worker_prefetch_multiplier": 1,
             "broker_connection_retry_on_startup": True,

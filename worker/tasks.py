@@ -43,9 +43,42 @@ def _progress(task, stage: str) -> Callable[[int, int], None]:
 
 @shared_task(bind=True, ignore_result=False)
 def ml_index_catalog(self) -> dict[str, object]:
-    """Embed what the store lacks, rebuild every neighbour list, then switch pages to them."""
+    """Embed what the store lacks, rebuild every neighbour list, then switch pages to them;
+    with ``EMBEDDING_TUNED=auto`` and no tuned backbone yet, then tune one and switch again."""
+    from webapp.similar import tuning
+
     try:
-        return indexing.index_catalog(lambda stage: _progress(self, stage))
+        summary = indexing.index_catalog(lambda stage: _progress(self, stage))
+    finally:
+        jobs.finished(INDEX_JOB, self.request.id)
+    if tuning.should_tune():
+        # A job of its own (under the same one-at-a-time marker): the plain lists are served
+        # meanwhile, and neither job runs past the broker's visibility timeout.
+        task_id, new = jobs.enqueue_once(INDEX_JOB, ml_tune_catalog.delay)
+        logger.info(
+            "no catalogue-tuned backbone yet (EMBEDDING_TUNED=auto): tuning job %s %s",
+            task_id,
+            "enqueued" if new else "already in flight",
+        )
+        summary["tuning_job"] = task_id
+    return summary
+
+
+@shared_task(bind=True, ignore_result=False)
+def ml_tune_catalog(
+    self, epochs: int | None = None, val_fraction: float = 0.1, activate: bool = True
+) -> dict[str, object]:
+    """Tune the backbone on the catalogue, embed every product with it, build and serve its
+    lists (one catalogue-wide job at a time, like the index job)."""
+    from webapp.similar import tuning
+
+    try:
+        return tuning.tune_catalog(
+            epochs=epochs,
+            val_fraction=val_fraction,
+            activate=activate,
+            progress_for=lambda stage: _progress(self, stage),
+        )
     finally:
         jobs.finished(INDEX_JOB, self.request.id)
 

@@ -28,8 +28,9 @@ def register(model_cli: AppGroup, app: Flask) -> None:
         "heads",
         multiple=True,
         type=click.Choice([*services.HEADS, "all"]),
-        help="What ranks: plain (the embedding), colour (+ colour descriptor), tuned "
-        "(catalogue-tuned projection). Repeat for several; default plain.",
+        help="What ranks: plain (the backbone embedding), colour (+ colour descriptor), "
+        "projection (projections trained on the frozen embedding), tuned (the catalogue-tuned "
+        "backbone). Repeat for several; default plain, plus tuned when one is tuned.",
     )
     @click.option(
         "--queries",
@@ -62,11 +63,12 @@ def register(model_cli: AppGroup, app: Flask) -> None:
     )
     @click.option(
         "--classifier",
-        type=click.Choice(["heads", "tuned", "ensemble"]),
+        type=click.Choice(["heads", "projection", "ensemble"]),
         default="heads",
         show_default=True,
-        help="Photo searches: narrow with the photo-search heads; for head 'tuned' also with "
-        "the projection's own classes ('tuned') or both averaged ('ensemble').",
+        help="Photo searches: narrow with the photo-search heads; for head 'projection' also "
+        "with the projection's own classes ('projection') or both averaged ('ensemble'). The "
+        "tuned backbone always narrows with its own heads.",
     )
     @click.option(
         "--colour-first",
@@ -104,10 +106,13 @@ def register(model_cli: AppGroup, app: Flask) -> None:
         by side with ours, precision@k, colour-match@k, mAP@k, classifier accuracy, latency."""
         if queries and split:
             raise click.UsageError("--queries and --split are two kinds of query set: pick one")
-        chosen = services.HEADS if "all" in heads else (heads or ("plain",))
         try:
+            model_id, network = services.resolve_model_and_network(model)
+            default = ("plain", "tuned") if network else ("plain",)
+            chosen = services.HEADS if "all" in heads else (heads or default)
             opts = services.Options(
-                model_id=services.resolve_model(model),
+                model_id=model_id,
+                network=network,
                 heads=tuple(dict.fromkeys(chosen)),
                 k=k,
                 min_type_count=min_type_count,

@@ -2,9 +2,10 @@
 
 Loads a model's stored embeddings and the catalogue's labels, builds each evaluated model's
 vectors (``plain``: the backbone embedding; ``colour``: fused with the colour descriptor;
-``tuned``: the catalogue-tuned projection), ranks the queries the way a product page or a
-photo search does, scores the rankings (``worker.ml.evaluation``) and stores the result as
-JSON under ``instance/evaluations/`` for the Quality page. Runs in the CLI, never in a page.
+``projection``: projections trained on the frozen embedding; ``tuned``: the catalogue-tuned
+backbone, ``worker.ml.finetune``), ranks the queries the way a product page or a photo search
+does, scores the rankings (``worker.ml.evaluation``) and stores the result as JSON beside the
+model's embeddings for the Quality page. Runs in the CLI, never in a page.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ from worker.ml.colour import ColourDescriptor, fuse
 
 logger = logging.getLogger(__name__)
 
-HEADS = ("plain", "colour", "tuned")
+HEADS = ("plain", "colour", "projection", "tuned")
 HEAD_DESCRIPTIONS = {
     "plain": "backbone embedding, cosine",
     "colour": "backbone embedding + colour descriptor (weighted)",
-    "tuned": "catalogue-tuned projection (type + colour) + embedding + colour descriptor",
+    "projection": "projections trained on the frozen embedding (type + colour) + embedding + "
+    "colour descriptor",
+    "tuned": "catalogue-tuned backbone (layers above the cut fine-tuned) + colour descriptor",
 }
 KINDS = ("leave-one-out", "held-out", "queries")
 RESULT_VERSION = 1
@@ -69,10 +72,11 @@ class Options:
     seed: int = 0
     queries: str | None = None
     colour_weight: float = 0.3
-    classifier: str = "heads"  # heads | tuned | ensemble: which classifier narrows searches
+    classifier: str = "heads"  # heads | projection | ensemble: which classifier narrows searches
     colour_first: bool = False  # photo searches: the predicted colour first within the type
     latency_sample: int = 50
     retrain: bool = False
+    network: str | None = None  # the tuned model id leave-one-out serves (None: the newest)
 
 
 @dataclass
@@ -123,7 +127,11 @@ def resolve_model(name: str | None) -> str:
     if (folder / name).is_dir():
         return name
     cfg = current_app.config
-    candidates = sorted(p.name for p in folder.glob(f"{name}-*") if (p / "state.json").exists())
+    candidates = sorted(
+        p.name
+        for p in folder.glob(f"{name}-*")
+        if "." not in p.name and (p / "state.json").exists()  # not tuned models, not maps
+    )
     preferred = [
         c
         for c in candidates
@@ -134,6 +142,21 @@ def resolve_model(name: str | None) -> str:
     raise EvaluationError(
         f"No stored embeddings for {name!r} under {folder}: embed the catalogue with it first."
     )
+
+
+def resolve_model_and_network(name: str | None) -> tuple[str, str | None]:
+    """(base model id, tuned model id or None) for ``--model``: a tuned id evaluates its base
+    beside it; a base id (or none: the served model) brings the newest network tuned on it."""
+    from webapp.similar import indexing
+    from worker.ml.finetune import base_model_id, is_tuned_id
+
+    model_id = resolve_model(name)
+    if is_tuned_id(model_id):
+        if not (indexing.network_folder(model_id) / "meta.json").exists():
+            raise EvaluationError(f"No tuned network {model_id} under the model folder.")
+        return base_model_id(model_id), model_id
+    folder = indexing.newest_network(model_id)
+    return model_id, (folder.parent.name if folder is not None else None)
 
 
 def load_catalogue(model_id: str) -> Catalogue:
@@ -180,36 +203,14 @@ def load_catalogue(model_id: str) -> Catalogue:
 
 
 def colour_descriptors(cat: Catalogue, say: Say | None = None) -> np.ndarray:
-    """Colour descriptors of the catalogue's photos, computed once and kept in their own
-    store (model id ``colour-lab320-v1``), redone only for photos that changed."""
-    descriptor = ColourDescriptor()
-    store = store_for(descriptor.model_id)
-    stored = store.keys_by_id()
-    todo = [
-        i
-        for i, (pid, key) in enumerate(zip(cat.ids.tolist(), cat.keys, strict=True))
-        if stored.get(pid) != key
-    ]
-    if todo and say:
-        say(f"Colour descriptors: computing {len(todo)} (kept for next time)...")
-    chunk = 2048
-    for start in range(0, len(todo), chunk):
-        rows = todo[start : start + chunk]
-        good = [i for i in rows if cat.photos[i] is not None and cat.photos[i].exists()]
-        if good:
-            vectors = descriptor.describe([str(cat.photos[i]) for i in good])
-            store.write_part(
-                [int(cat.ids[i]) for i in good], vectors, keys=[cat.keys[i] for i in good]
-            )
-    if todo:
-        store.compact()
-    positions = store.positions(cat.ids)
-    out = np.zeros((len(cat.ids), descriptor.dim), np.float32)
-    have = positions >= 0
-    out[have] = np.asarray(store.load()[1])[positions[have]]
-    if not have.all():
-        logger.warning("%d products without a readable photo get no colour", int((~have).sum()))
-    return out
+    """Colour descriptors of the catalogue's photos (kept in their own store, redone only for
+    photos that changed)."""
+    from webapp.similar.tuning import CatalogueRows
+    from webapp.similar.tuning import colour_descriptors as describe
+
+    if say:
+        say("Colour descriptors (stored; computed only where missing)...")
+    return describe(CatalogueRows(cat.ids, cat.keys, cat.photos))
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -224,7 +225,7 @@ def _rows_tag(rows: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()[:10]
 
 
-def tuned_projection(
+def trained_projection(
     cat: Catalogue, colours: np.ndarray, train_rows: np.ndarray, *, retrain: bool, say: Say | None
 ):
     """The projection trained on ``train_rows`` only (cached per model and row set)."""
@@ -238,7 +239,7 @@ def tuned_projection(
     if path.exists() and not retrain:
         return Projection.load(path)
     if say:
-        say(f"Training the tuned projection on {len(train_rows)} products...")
+        say(f"Training the projection on {len(train_rows)} products...")
     labels = cat.labels.take(train_rows)
     projection, report = train_projection(
         cat.vectors[train_rows],
@@ -299,6 +300,17 @@ def _type_to_sub(labels: ev.Labels) -> dict[str, str]:
 
 
 @dataclass
+class Queries:
+    """The query photos of a run: base embeddings, colour descriptors, and either their
+    catalogue rows (held out) or the photos themselves (a query folder)."""
+
+    vectors: np.ndarray
+    colours: np.ndarray | None
+    rows: np.ndarray | None = None
+    images: list | None = None
+
+
+@dataclass
 class Built:
     """One evaluated model's vectors for the index rows and the query rows."""
 
@@ -308,6 +320,70 @@ class Built:
     queries: np.ndarray
     projection: Any = None
     projected_queries: dict | None = None
+    headset: Any = None  # the model's own photo-search heads (a tuned backbone has them)
+    embedder: Any = None  # what embeds an uploaded photo, when not the base backbone
+
+
+def tuned_network(
+    cat: Catalogue, colours: np.ndarray, train_rows: np.ndarray, opts: Options, say: Say | None
+):
+    """(network, its embedding of every catalogue row): for leave-one-out the served (or
+    newest) network of the base model, otherwise one trained on ``train_rows`` only, as
+    ``flask model tune`` trains (cached per model, settings and row set)."""
+    from webapp.similar import indexing, tuning
+    from worker.ml.finetune import FeatureMaps, TunedNetwork, cut_layer
+
+    base = backbone_for(cat.model_id)
+    if base is None:
+        raise EvaluationError(f"The backbone of {cat.model_id} cannot be built here.")
+    whole = len(train_rows) == len(cat.ids)
+    network = None
+    if whole and not opts.retrain:
+        folder = (
+            indexing.network_folder(opts.network)
+            if opts.network
+            else indexing.newest_network(cat.model_id)
+        )
+        if folder is not None and (folder / "meta.json").exists():
+            network = TunedNetwork.load(folder)
+            stored = store_for(network.model_id)
+            positions = stored.positions(cat.ids)
+            if (positions >= 0).all():
+                if say:
+                    say(f"Tuned backbone {network.model_id}: its stored embeddings.")
+                return network, np.asarray(stored.load()[1])[positions]
+    config = tuning.tune_config() if network is None else network.config
+    fm = FeatureMaps(base, cut_layer(base, config), config.mirror)
+    if say:
+        say(f"Feature maps at {fm.cut} (stored; computed only where missing)...")
+    rows = tuning.CatalogueRows(cat.ids, cat.keys, cat.photos)
+    have, maps = tuning.feature_maps(fm, rows)
+    if len(have) != len(cat.ids):
+        raise EvaluationError(
+            f"{len(cat.ids) - len(have)} catalogue photos cannot be read: the tuned backbone "
+            "cannot be evaluated on them"
+        )
+    if network is None:
+        tag = hashlib.sha256(
+            (json.dumps(config.as_dict(), sort_keys=True) + _rows_tag(cat.ids[train_rows])).encode()
+        ).hexdigest()[:10]
+        folder = _artefact_folder(cat.model_id) / f"network-{tag}"
+        if (folder / "meta.json").exists() and not opts.retrain:
+            network = TunedNetwork.load(folder)
+        else:
+            if say:
+                say(
+                    f"Tuning the backbone on {len(train_rows)} products ({config.epochs} epochs)..."
+                )
+            labels = tuning.catalogue_labels(cat.ids)
+            network, report = tuning.train_on(
+                base, config, maps, colours, labels, np.asarray(train_rows), say=say
+            )
+            if say:
+                say(f"  trained in {report.seconds:.0f} s.")
+            network.save(folder)
+    vectors = network.backbone(base).embed_maps(maps, colours)
+    return network, vectors
 
 
 def build_model(
@@ -315,13 +391,13 @@ def build_model(
     cat: Catalogue,
     colours: np.ndarray,
     index_rows: np.ndarray,
-    query_vectors: np.ndarray,
-    query_colours: np.ndarray,
+    queries: Queries,
     train_rows: np.ndarray,
     opts: Options,
     say: Say | None,
 ) -> Built:
     """Vectors of one evaluated model for the index rows and the queries."""
+    query_vectors, query_colours = queries.vectors, queries.colours
     if head == "plain":
         return Built(head, cat.model_id, cat.vectors[index_rows], query_vectors)
     if head == "colour":
@@ -332,18 +408,39 @@ def build_model(
             fuse(cat.vectors[index_rows], colours[index_rows], w),
             fuse(query_vectors, query_colours, w),
         )
-    if head == "tuned":
-        projection = tuned_projection(cat, colours, train_rows, retrain=opts.retrain, say=say)
+    if head == "projection":
+        projection = trained_projection(cat, colours, train_rows, retrain=opts.retrain, say=say)
         from worker.ml.projection import FusionWeights
 
         weights = FusionWeights()
         return Built(
             head,
-            f"{cat.model_id}.tuned{projection.digest}.{weights.tag()}",
+            f"{cat.model_id}.proj{projection.digest}.{weights.tag()}",
             projection.retrieval_vectors(cat.vectors[index_rows], colours[index_rows], weights),
             projection.retrieval_vectors(query_vectors, query_colours, weights),
             projection=projection,
             projected_queries=projection.transform(query_vectors, query_colours),
+        )
+    if head == "tuned":
+        network, vectors = tuned_network(cat, colours, train_rows, opts, say)
+        embedder = network.backbone(backbone_for(cat.model_id))
+        if queries.rows is not None:
+            query_tuned = vectors[queries.rows]
+        elif queries.images:
+            if say:
+                say(f"Embedding {len(queries.images)} query photos with {network.model_id}...")
+            query_tuned = embedder.embed(
+                queries.images, batch_size=current_app.config["EMBEDDING_BATCH_SIZE"]
+            )
+        else:
+            query_tuned = np.empty((0, vectors.shape[1]), np.float32)
+        return Built(
+            head,
+            network.model_id,
+            vectors[index_rows],
+            query_tuned,
+            headset=network.headset(_type_to_sub(cat.labels.take(train_rows))),
+            embedder=embedder,
         )
     raise EvaluationError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
 
@@ -355,7 +452,8 @@ def run(opts: Options, say: Say | None = None) -> dict[str, Any]:
     """Run one evaluation (leave-one-out, held-out split or a query folder) and return it."""
     started = time.perf_counter()
     cat = load_catalogue(opts.model_id)
-    colours = colour_descriptors(cat, say) if set(opts.heads) & {"colour", "tuned"} else None
+    needs_colour = set(opts.heads) & {"colour", "projection", "tuned"}
+    colours = colour_descriptors(cat, say) if needs_colour else None
     if opts.queries:
         result = _run_queries(cat, colours, opts, say)
     elif opts.split:
@@ -374,12 +472,11 @@ def _run_leave_one_out(cat: Catalogue, colours, opts: Options, say: Say | None) 
         else np.arange(len(cat.ids))
     )
     all_rows = np.arange(len(cat.ids))
+    none = Queries(cat.vectors[:0], _empty(colours))
     models = []
     for head in opts.heads:
         t0 = time.perf_counter()
-        built = build_model(
-            head, cat, colours, all_rows, cat.vectors[:0], _empty(colours), all_rows, opts, say
-        )
+        built = build_model(head, cat, colours, all_rows, none, all_rows, opts, say)
         t1 = time.perf_counter()
         if say:
             say(
@@ -427,11 +524,9 @@ def _run_split(cat: Catalogue, colours, opts: Options, say: Say | None) -> dict:
             f"Held out {len(held)} products ({opts.split:.0%} of each gender + articleType, "
             f"seed {opts.seed}): not indexed, not trained on; {len(kept)} kept."
         )
-    headset = split_heads(cat, kept, retrain=opts.retrain, say=say)
-    query_labels = cat.labels.take(held)
-    index_labels = cat.labels.take(kept)
-    qv = cat.vectors[held]
-    qc = None if colours is None else colours[held]
+    needs_heads = set(opts.heads) - {"tuned"}
+    headset = split_heads(cat, kept, retrain=opts.retrain, say=say) if needs_heads else None
+    queries = Queries(cat.vectors[held], None if colours is None else colours[held], rows=held)
     return {
         "kind": "held-out",
         "queries_from": (
@@ -449,10 +544,9 @@ def _run_split(cat: Catalogue, colours, opts: Options, say: Say | None) -> dict:
             cat,
             colours,
             kept,
-            qv,
-            qc,
-            query_labels,
-            index_labels,
+            queries,
+            cat.labels.take(held),
+            cat.labels.take(kept),
             headset,
             opts,
             say,
@@ -462,7 +556,7 @@ def _run_split(cat: Catalogue, colours, opts: Options, say: Say | None) -> dict:
 
 
 def _photo_models(
-    cat, colours, index_rows, qv, qc, query_labels, index_labels, headset, opts, say, photos
+    cat, colours, index_rows, queries, query_labels, index_labels, headset, opts, say, photos
 ):
     """Evaluate each head through the photo-search policy (and by plain ranking too)."""
     from flask import current_app as app
@@ -473,28 +567,34 @@ def _photo_models(
         same_photo_cosine=cfg.get("SEARCH_SAME_PHOTO_COSINE", 0.98),
         colour_first=opts.colour_first,
     )
+    qv = queries.vectors
     head_preds = ev.head_predictions(headset, qv) if headset is not None else None
     groups = ev.Groups(index_labels)
     type_to_sub = _type_to_sub(index_labels)
     models = []
     for head in opts.heads:
         t0 = time.perf_counter()
-        built = build_model(head, cat, colours, index_rows, qv, qc, index_rows, opts, say)
+        built = build_model(head, cat, colours, index_rows, queries, index_rows, opts, say)
         t1 = time.perf_counter()
-        tuned_preds = ensemble = None
+        projection_preds = ensemble = own_preds = None
         if built.projection is not None:
-            tuned_preds = ev.projection_predictions(
+            projection_preds = ev.projection_predictions(
                 built.projection, built.projected_queries, type_to_sub
             )
             if headset is not None:
                 ensemble = ev.ensemble_predictions(
                     headset, built.projection, qv, built.projected_queries
                 )
+        if built.headset is not None:
+            own_preds = ev.head_predictions(built.headset, built.queries)
         choices = {
-            "tuned": ("tuned projection", tuned_preds),
-            "ensemble": ("heads + tuned projection", ensemble),
+            "projection": ("projection", projection_preds),
+            "ensemble": ("heads + projection", ensemble),
         }
-        classifier_name, preds = choices.get(opts.classifier, (None, None))
+        if own_preds is not None:
+            classifier_name, preds = "the tuned backbone's heads", own_preds
+        else:
+            classifier_name, preds = choices.get(opts.classifier, (None, None))
         if preds is None:
             classifier_name, preds = "photo-search heads", head_preds
         if preds is None:
@@ -512,9 +612,10 @@ def _photo_models(
         ranking_only = ev.score_rankings(query_labels, plain_recs, index_labels, opts.k)
         classifier = {}
         for name, answers in (
-            ("photo-search heads", head_preds),
-            ("tuned projection", tuned_preds),
-            ("heads + tuned projection", ensemble),
+            ("photo-search heads", head_preds if own_preds is None else None),
+            ("projection", projection_preds),
+            ("heads + projection", ensemble),
+            ("the tuned backbone's heads", own_preds),
         ):
             if answers is not None:
                 classifier[name] = ev.classifier_scores(query_labels, answers)
@@ -551,9 +652,10 @@ def _latency(cat, built, headset, index_labels, opts, policy, photos, groups) ->
         return {}
     from worker.ml.preprocess import load_image
 
-    backbone = backbone_for(cat.model_id)
+    backbone = built.embedder or backbone_for(cat.model_id)
     if backbone is None:
         return {"what": "not measured: the model's backbone cannot be built here"}
+    heads = built.headset or headset
     descriptor = ColourDescriptor()
     backbone.embed([load_image(str(photos[0]))])  # the first call builds the graph
     times = []
@@ -561,8 +663,8 @@ def _latency(cat, built, headset, index_labels, opts, policy, photos, groups) ->
         t0 = time.perf_counter()
         img = load_image(str(path))
         e = backbone.embed([img])
-        if built.head == "plain":
-            q = e
+        if built.head in ("plain", "tuned"):
+            q = e  # a tuned backbone's embedding already holds the colour descriptor
         else:
             c = descriptor.describe([img])
             if built.head == "colour":
@@ -571,7 +673,7 @@ def _latency(cat, built, headset, index_labels, opts, policy, photos, groups) ->
                 from worker.ml.projection import FusionWeights
 
                 q = built.projection.retrieval_vectors(e, c, FusionWeights())
-        preds = ev.head_predictions(headset, e) if headset is not None else [ev.Prediction()]
+        preds = ev.head_predictions(heads, e) if heads is not None else [ev.Prediction()]
         ev.pipeline_rank(built.index, q, preds, index_labels, opts.k, policy, groups=groups)
         times.append(time.perf_counter() - t0)
     steps = "decode, embed" + ("" if built.head == "plain" else ", colour descriptor")
@@ -582,34 +684,14 @@ def _latency(cat, built, headset, index_labels, opts, policy, photos, groups) ->
 
 
 def backbone_for(model_id: str):
-    """The backbone that produced ``model_id``'s embeddings, or None when it cannot be built."""
+    """The embedder that produced ``model_id``'s embeddings, or None when it cannot be built."""
     from webapp.similar import indexing
 
     try:
-        configured = indexing.load_backbone()
-        if configured.model_id == model_id:
-            return configured
-    except Exception:  # noqa: BLE001 - weights unavailable: try the id's own settings
-        logger.info("configured backbone unavailable", exc_info=True)
-    from worker.ml.backbones import get_backbone
-
-    name, _, rest = model_id.partition("-")
-    parts = rest.split("-")
-    if len(parts) != 3 or not parts[1].isdigit():
+        return indexing.backbone_for(model_id)
+    except indexing.ModelUnavailable as exc:
+        logger.info("backbone for %s unavailable: %s", model_id, exc)
         return None
-    cfg = current_app.config
-    try:
-        backbone = get_backbone(
-            name,
-            input_size=int(parts[1]),
-            pooling=parts[2],
-            resnet_weights=cfg["RESNET50_WEIGHTS"],
-            cache_dir=cfg["MODEL_FOLDER"],
-        )
-    except Exception:  # noqa: BLE001
-        logger.info("backbone for %s unavailable", model_id, exc_info=True)
-        return None
-    return backbone if backbone.model_id == model_id else None
 
 
 def read_query_folder(folder: str | os.PathLike) -> tuple[list[int], list[Path], ev.Labels]:
@@ -669,8 +751,7 @@ def _run_queries(cat: Catalogue, colours, opts: Options, say: Say | None) -> dic
         cat,
         colours,
         all_rows,
-        qv,
-        qc,
+        Queries(qv, qc, images=images),
         labels,
         cat.labels,
         headset,
@@ -749,7 +830,7 @@ def commit() -> str:
 
 def command_line(opts: Options) -> str:
     """The command that reproduces a run."""
-    words = ["flask --app wsgi model evaluate", f"--model {opts.model_id}"]
+    words = ["flask --app wsgi model evaluate", f"--model {opts.network or opts.model_id}"]
     words += [f"--head {h}" for h in opts.heads]
     if opts.queries:
         words.append(f"--queries {opts.queries}")
@@ -788,6 +869,7 @@ def header(opts: Options, cat: Catalogue) -> dict[str, Any]:
             "colour_weight": opts.colour_weight,
             "classifier": opts.classifier,
             "colour_first": opts.colour_first,
+            "network": opts.network,
         },
         "reference": {"name": ev.REFERENCE_NAME, "table": ev.REFERENCE_TABLE},
     }

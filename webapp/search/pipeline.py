@@ -10,7 +10,8 @@ Ranking a photo:
 2. products whose photo is practically the same picture (``SEARCH_SAME_PHOTO_COSINE``) come
    first, whatever the classifier says;
 3. then the best products of the predicted group (gender + article type), when the type
-   head is confident (``SEARCH_MIN_CONFIDENCE``);
+   head is confident (``SEARCH_MIN_CONFIDENCE``); with ``SEARCH_COLOUR_FIRST``, those of
+   the predicted colour first (when the colour head is confident too);
 4. when that gives fewer than N, the predicted sub-category fills the rest (again only when
    confident), then the whole catalogue.
 
@@ -122,41 +123,12 @@ def heads_for(model_id: str):
 
 
 def backbone_for(model_id: str):
-    """The backbone whose embeddings carry ``model_id``: the configured one or one rebuilt
-    from the id (name, weights, input size, pooling); a clear error when neither matches."""
-    from worker.ml.backbones import BACKBONE_NAMES, get_backbone
-
+    """The embedder whose vectors carry ``model_id`` (plain or catalogue-tuned backbone); a
+    clear error when this install cannot run it."""
     try:
-        configured = indexing.load_backbone()
-    except Exception as exc:  # noqa: BLE001 - weights missing etc.: try the id's own backbone
-        logger.warning("configured backbone unavailable: %s", exc)
-        configured = None
-    if configured is not None and configured.model_id == model_id:
-        return configured
-    name, _, rest = model_id.partition("-")
-    parts = rest.split("-")
-    if name not in BACKBONE_NAMES or len(parts) != 3 or not parts[1].isdigit():
-        raise SearchError(f"Model {model_id} is not one this shop can run.", 400)
-    digest, size, pooling = parts
-    cfg = current_app.config
-    try:
-        backbone = get_backbone(
-            name,
-            input_size=int(size),
-            pooling=pooling,
-            weights="random" if digest.startswith("seed") and name != "tiny" else "imagenet",
-            resnet_weights=cfg["RESNET50_WEIGHTS"],
-            cache_dir=cfg["MODEL_FOLDER"],
-        )
-    except Exception as exc:  # noqa: BLE001 - unknown pooling, weights unavailable...
-        raise SearchError(f"Model {model_id} cannot be loaded here: {exc}", 400) from exc
-    if backbone.model_id != model_id:
-        raise SearchError(
-            f"Model {model_id} cannot be loaded here: the available weights give "
-            f"{backbone.model_id}.",
-            400,
-        )
-    return backbone
+        return indexing.backbone_for(model_id)
+    except indexing.ModelUnavailable as exc:
+        raise SearchError(str(exc), 400) from exc
 
 
 def served_model() -> str:
@@ -287,9 +259,11 @@ def search_photo(
     if not all_categories and predictions:
         if confident("type"):
             gender, _, article_type = predictions["type"].label.partition("|")
-            levels.append(
-                ("type", [Product.gender == gender, Product.article_type == article_type])
-            )
+            same_type = [Product.gender == gender, Product.article_type == article_type]
+            if cfg["SEARCH_COLOUR_FIRST"] and confident("colour"):
+                colour = predictions["colour"].label
+                levels.append(("colour", [*same_type, Product.base_colour == colour]))
+            levels.append(("type", same_type))
         if confident("sub"):
             levels.append(("sub", [Product.sub_category == predictions["sub"].label]))
     levels.append(("all", []))
@@ -307,8 +281,8 @@ def search_photo(
         message = "Searched all categories: the category classifier has not been trained yet."
     elif levels[0][0] == "all":
         message = "Searched all categories: the photo's category was not clear enough."
-    elif searched != levels[0][0]:
-        what = "type" if levels[0][0] == "type" else "category"
+    elif searched != levels[0][0] and not (levels[0][0] == "colour" and searched == "type"):
+        what = "type" if levels[0][0] in ("colour", "type") else "category"
         message = f"Fewer than {n} matching products in the predicted {what}: widened the search."
     else:
         message = ""

@@ -51,6 +51,7 @@ MAX_N = 50
 # What each search level means to a shopper (set by the pipeline per item).
 LEVEL_REASONS = {
     "photo": "practically the same photo",
+    "colour": "in the predicted type and colour",
     "type": "in the predicted type",
     "sub": "in the predicted category",
     "all": "from all categories",

@@ -1,4 +1,5 @@
-"""CLI for the similarity index: ``flask catalog embed|neighbours``, ``flask model check-backbone``."""
+"""CLI for the similarity index: ``flask catalog embed|neighbours|index-status`` and
+``flask model tune|check-backbone``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from webapp.cli import CliProgress
 
 OFFLINE_INPUT_SIZE = 160
 
-model_cli = AppGroup("model", help="Image models: backbone choice and (later) heads.")
+model_cli = AppGroup(
+    "model", help="Image models: backbone choice, tuning, heads, calibration, evaluation."
+)
 
 
 def register(catalog_cli: AppGroup, app) -> None:
@@ -96,6 +99,51 @@ def register(catalog_cli: AppGroup, app) -> None:
         else:
             click.echo("No index job in flight.")
 
+    @model_cli.command("tune")
+    @click.option("--now", is_flag=True, help="Run here instead of enqueueing for a worker.")
+    @click.option(
+        "--epochs",
+        type=click.IntRange(1, 200),
+        help="Training epochs (default: TUNE_EPOCHS).",
+    )
+    @click.option(
+        "--val-fraction",
+        default=0.1,
+        show_default=True,
+        type=click.FloatRange(0.0, 0.5),
+        help="Share of the products held back to report validation accuracy (0: train on all).",
+    )
+    @click.option(
+        "--no-activate",
+        is_flag=True,
+        help="Build the tuned model's lists but keep serving the old.",
+    )
+    def tune_command(now: bool, epochs: int | None, val_fraction: float, no_activate: bool) -> None:
+        """Fine-tune the backbone on the catalogue's labels, embed every product with it, build
+        its neighbour lists and switch pages and photo search to it."""
+        if now:
+            from webapp.similar import tuning
+
+            summary = tuning.tune_catalog(
+                epochs=epochs,
+                val_fraction=val_fraction,
+                activate=not no_activate,
+                progress_for=lambda stage: CliProgress(stage.capitalize(), "steps"),
+                say=lambda line: click.echo(line, err=True),
+            )
+            click.echo(format_tune_summary(summary))
+            return
+        from worker.tasks import INDEX_JOB, ml_tune_catalog
+
+        task_id, new = jobs.enqueue_once(
+            INDEX_JOB,
+            lambda: ml_tune_catalog.delay(
+                epochs=epochs, val_fraction=val_fraction, activate=not no_activate
+            ),
+        )
+        verb = "Enqueued" if new else "Another index job is running:"
+        click.echo(f"{verb} {task_id}; `flask --app wsgi catalog index-status` shows progress.")
+
     @model_cli.command("check-backbone")
     def check_backbone_command() -> None:
         """If ResNet50's ImageNet weights cannot be had, switch this install to EfficientNet-Lite0."""
@@ -121,6 +169,28 @@ def register(catalog_cli: AppGroup, app) -> None:
         )
 
     app.cli.add_command(model_cli)
+
+
+def format_tune_summary(summary: dict) -> str:
+    """What a tuning run did, for the terminal."""
+    lines = [
+        f"Tuned model {summary['model']} (from {summary['base_model']}): trained on "
+        f"{summary['trained_on']} of {summary['products']} products in "
+        f"{summary['seconds_training']:.0f} s; maps and colours {summary['seconds_maps']:.0f} s, "
+        f"lists {summary['seconds_neighbours']:.0f} s, {summary['seconds']:.0f} s in all."
+    ]
+    names = {"sub": "subCategory", "type": "gender+articleType", "colour": "baseColour"}
+    if summary["validation"]:
+        figures = ", ".join(f"{names[k]} {100 * v:.2f} %" for k, v in summary["validation"].items())
+        lines.append(f"Validation accuracy (products held back): {figures}.")
+    if summary["compare_threshold"] is not None:
+        lines.append(f"Compare threshold: score >= {summary['compare_threshold']}.")
+    lines.append(
+        "Pages and photo search now use it."
+        if summary["activated"]
+        else "Its lists are built; the previous model is still served."
+    )
+    return "\n".join(lines)
 
 
 def write_setting(path: str, name: str, value: str | int) -> None:

@@ -38,18 +38,126 @@ SCORE_TOLERANCE = 1e-5
 COMPACT_AFTER_PARTS = 50
 
 
-def load_backbone():
-    """The configured backbone (built once per process by the ML package's own cache)."""
+class ModelUnavailable(ValueError):
+    """A model id this install cannot run (unknown backbone, missing weights or network)."""
+
+
+def load_backbone(tuned: bool = True):
+    """The configured embedder: the catalogue-tuned backbone ``EMBEDDING_TUNED`` selects
+    (``auto``: the newest one tuned for the configured backbone), else the plain backbone.
+    ``tuned=False`` always gives the plain one. Built once per process."""
     from worker.ml.backbones import get_backbone
 
     cfg = current_app.config
-    return get_backbone(
+    base = get_backbone(
         cfg["EMBEDDING_BACKBONE"],
         input_size=cfg["EMBEDDING_INPUT_SIZE"] or None,
         pooling=cfg["EMBEDDING_POOLING"],
         resnet_weights=cfg["RESNET50_WEIGHTS"],
         cache_dir=cfg["MODEL_FOLDER"],
     )
+    choice = str(cfg["EMBEDDING_TUNED"]).strip()
+    if not tuned or choice == "off":
+        return base
+    if choice == "auto":
+        folder = newest_network(base.model_id)
+        return base if folder is None else _tuned_backbone(folder, base)
+    from worker.ml.finetune import base_model_id
+
+    if base_model_id(choice) != base.model_id:
+        raise ModelUnavailable(
+            f"EMBEDDING_TUNED={choice} was not tuned from the configured backbone "
+            f"{base.model_id}; set EMBEDDING_TUNED=auto, or a model id of this backbone"
+        )
+    return _tuned_backbone(network_folder(choice), base)
+
+
+def network_folder(model_id: str):
+    """Where a tuned network's weights live: ``<MODEL_FOLDER>/<model id>/network``."""
+    return store_for(model_id).path / "network"
+
+
+def newest_network(base_id: str):
+    """The folder of the newest network tuned from ``base_id``, or None."""
+    from pathlib import Path
+
+    from worker.ml.finetune import TUNED_MARK
+
+    found = []
+    for meta in Path(current_app.config["MODEL_FOLDER"]).glob(
+        f"{base_id}{TUNED_MARK}*/network/meta.json"
+    ):
+        try:
+            found.append((meta.stat().st_mtime, meta.parent))
+        except FileNotFoundError:  # replaced while listing
+            continue
+    return max(found)[1] if found else None
+
+
+_tuned_cache: dict[str, tuple[float, object]] = {}
+
+
+def _tuned_backbone(folder, base):
+    """The tuned backbone saved in ``folder`` on top of ``base``, cached per process."""
+    from worker.ml.finetune import TunedNetwork
+
+    try:
+        mtime = (folder / "meta.json").stat().st_mtime
+    except FileNotFoundError as exc:
+        raise ModelUnavailable(
+            f"no tuned network at {folder}: run `flask --app wsgi model tune` first"
+        ) from exc
+    key = str(folder)
+    cached = _tuned_cache.get(key)
+    if cached is None or cached[0] != mtime:
+        cached = (mtime, TunedNetwork.load(folder).backbone(base))
+        _tuned_cache[key] = cached
+        logger.info("tuned backbone %s loaded", cached[1].model_id)
+    return cached[1]
+
+
+def backbone_for(model_id: str):
+    """The embedder whose vectors carry ``model_id``: the configured one, or one rebuilt
+    from the id (backbone name, weights, input size, pooling, tuned network); raises
+    ``ModelUnavailable`` saying why when this install cannot run it."""
+    from worker.ml.backbones import BACKBONE_NAMES, get_backbone
+    from worker.ml.finetune import base_model_id, is_tuned_id
+
+    try:
+        configured = load_backbone()
+    except Exception as exc:  # noqa: BLE001 - weights missing etc.: try the id's own backbone
+        logger.warning("configured backbone unavailable: %s", exc)
+        configured = None
+    if configured is not None and configured.model_id == model_id:
+        return configured
+    base_id = base_model_id(model_id)
+    name, _, rest = base_id.partition("-")
+    parts = rest.split("-")
+    if name not in BACKBONE_NAMES or len(parts) != 3 or not parts[1].isdigit():
+        raise ModelUnavailable(f"Model {model_id} is not one this shop can run.")
+    digest, size, pooling = parts
+    cfg = current_app.config
+    try:
+        base = get_backbone(
+            name,
+            input_size=int(size),
+            pooling=pooling,
+            weights="random" if digest.startswith("seed") and name != "tiny" else "imagenet",
+            resnet_weights=cfg["RESNET50_WEIGHTS"],
+            cache_dir=cfg["MODEL_FOLDER"],
+        )
+    except Exception as exc:  # noqa: BLE001 - unknown pooling, weights unavailable...
+        raise ModelUnavailable(f"Model {model_id} cannot be loaded here: {exc}") from exc
+    if base.model_id != base_id:
+        raise ModelUnavailable(
+            f"Model {model_id} cannot be loaded here: the available weights give {base.model_id}."
+        )
+    if not is_tuned_id(model_id):
+        return base
+    try:
+        return _tuned_backbone(network_folder(model_id), base)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"Model {model_id} cannot be loaded here: {exc}") from exc
 
 
 def store_for(model_id: str) -> EmbeddingStore:

@@ -81,13 +81,16 @@ class Backbone:
     def __repr__(self) -> str:
         return f"Backbone({self.model_id!r}, dim={self.dim})"
 
+    def prepare(self, batch: np.ndarray) -> np.ndarray:
+        """The model's input for a uint8 batch [n, size, size, 3] of square photos."""
+        x = np.asarray(batch).astype(np.float32)
+        return self._normalise(x) if self._normalise is not None else x
+
     def embed(self, images: Sequence[ImageSource] | np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Embed images (paths, bytes, PIL images or uint8 [n,h,w,3]) as float32 [n, dim] unit rows."""
         parts = []
         for batch in iter_square_batches(images, self.input_size, batch_size):
-            x = batch.astype(np.float32)
-            if self._normalise is not None:
-                x = self._normalise(x)
+            x = self.prepare(batch)
             with self._lock:  # Keras models are not safe to call from two threads at once.
                 out = self.model.predict_on_batch(x)
             parts.append(np.asarray(out, dtype=np.float32).reshape(len(batch), -1))

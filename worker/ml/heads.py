@@ -159,16 +159,19 @@ class Head:
         self.name = name
         self.classes = list(classes)
         self.params = {k: np.asarray(v, np.float32) for k, v in params.items()}
-        expected = {"mean", "scale", "w1", "b1", "w2", "b2"}
-        if set(self.params) != expected:
-            raise ValueError(f"head {name!r} needs parameters {sorted(expected)}")
+        hidden = {"mean", "scale", "w1", "b1", "w2", "b2"}
+        linear = {"mean", "scale", "w2", "b2"}
+        if set(self.params) not in (hidden, linear):
+            raise ValueError(
+                f"head {name!r} needs parameters {sorted(hidden)} (or, linear, {sorted(linear)})"
+            )
         if self.params["w2"].shape[1] != len(self.classes):
             raise ValueError(f"head {name!r}: {len(self.classes)} classes but a different output")
 
     @property
     def dim(self) -> int:
         """The embedding dimension the head expects."""
-        return self.params["w1"].shape[0]
+        return self.params["w1" if "w1" in self.params else "w2"].shape[0]
 
     def predict(self, embeddings: np.ndarray) -> np.ndarray:
         """Class probabilities float32 [n, classes] for embeddings [n, dim] (or one [dim])."""
@@ -178,7 +181,9 @@ class Head:
                 f"head {self.name!r} expects {self.dim}-d embeddings, got {x.shape[1]}"
             )
         p = self.params
-        h = np.maximum((x - p["mean"]) / p["scale"] @ p["w1"] + p["b1"], 0.0)
+        h = (x - p["mean"]) / p["scale"]
+        if "w1" in p:  # one hidden ReLU layer; a tuned network's classifiers are linear
+            h = np.maximum(h @ p["w1"] + p["b1"], 0.0)
         logits = h @ p["w2"] + p["b2"]
         logits -= logits.max(axis=1, keepdims=True)
         e = np.exp(logits)

@@ -4,7 +4,8 @@ Layout of ``<root>/<model_id>/``::
 
     state.json               {"base": 3, "folded_through": 41}: the live base and the parts in it
     base-3/ids.npy           int64 [n]      product ids, ascending
-    base-3/embeddings.npy    float32 [n, d] rows in the order of ids.npy (memory-mapped on read)
+    base-3/embeddings.npy    float32 [n, d] rows in the order of ids.npy (memory-mapped on read;
+                             a store opened with ``dtype=np.float16`` keeps half floats)
     base-3/keys.npy          bytes [n]      what each row was computed from (the image digest)
     parts/000042.npz         deltas written since: ``ids``, ``vectors``, ``keys`` (upserts), ``deleted``
 
@@ -48,10 +49,13 @@ def _atomic_save(path: Path, write) -> None:
 class EmbeddingStore:
     """Read and write the embeddings of one model id."""
 
-    def __init__(self, root: str | os.PathLike, model_id: str) -> None:
+    def __init__(
+        self, root: str | os.PathLike, model_id: str, dtype: type[np.floating] = np.float32
+    ) -> None:
         if not MODEL_ID_RE.match(model_id):
             raise ValueError(f"invalid model id {model_id!r}")
         self.model_id = model_id
+        self.dtype = np.dtype(dtype)
         self.path = Path(root) / model_id
         self._cache: tuple[tuple, np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -77,7 +81,8 @@ class EmbeddingStore:
         return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.exists())
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
-        """All stored (ids int64 [n] ascending, vectors float32 [n, d]); cached until changed."""
+        """All stored (ids int64 [n] ascending, vectors [n, d] of the store's dtype); cached
+        until changed."""
         ids, vectors, _ = self.load_with_keys()
         return ids, vectors
 
@@ -103,7 +108,7 @@ class EmbeddingStore:
     def _load_base(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         base = self._state()["base"]
         if base is None:
-            return np.empty(0, np.int64), np.empty((0, 0), np.float32), np.empty(0, "S1")
+            return np.empty(0, np.int64), np.empty((0, 0), self.dtype), np.empty(0, "S1")
         folder = self.path / f"base-{base}"
         ids = np.load(folder / "ids.npy")
         vectors = np.load(folder / "embeddings.npy", mmap_mode="r")
@@ -111,6 +116,26 @@ class EmbeddingStore:
         if not len(ids) == len(vectors) == len(keys):
             raise ValueError(f"{folder}: ids, embeddings and keys disagree in length")
         return ids, vectors, keys
+
+    def dim(self) -> int | None:
+        """The stored vectors' dimension (None while nothing is stored).
+
+        Read from the base's header or the first part with vectors, not by applying every
+        part: a batch job checks it before each of its many writes.
+        """
+        if self._cache is not None and self._cache[2].size:
+            return int(self._cache[2].shape[1])
+        state = self._state()
+        if state["base"] is not None:
+            base = np.load(self.path / f"base-{state['base']}" / "embeddings.npy", mmap_mode="r")
+            if base.size:
+                return int(base.shape[1])
+        for part in self._parts(state):
+            with np.load(part) as data:
+                vectors = data["vectors"]
+                if vectors.size:
+                    return int(vectors.shape[1])
+        return None
 
     def ids(self) -> np.ndarray:
         """The stored product ids."""
@@ -148,8 +173,8 @@ class EmbeddingStore:
         """Record upserts (ids + vectors + keys) and deletions atomically as a new part."""
         ids_arr = np.asarray(list(ids), dtype=np.int64)
         if vectors is None:
-            vectors = np.empty((0, 0), np.float32)
-        vectors = np.asarray(vectors, dtype=np.float32)
+            vectors = np.empty((0, 0), self.dtype)
+        vectors = np.asarray(vectors, dtype=self.dtype)
         keys_list = [""] * len(ids_arr) if keys is None else list(keys)
         keys_arr = (
             np.asarray([k.encode() for k in keys_list], dtype="S")
@@ -160,11 +185,9 @@ class EmbeddingStore:
             raise ValueError("ids, vectors and keys differ in length")
         if len(ids_arr) and len(np.unique(ids_arr)) != len(ids_arr):
             raise ValueError("duplicate ids in one part")
-        existing = self.load()[1]
-        if len(ids_arr) and existing.size and existing.shape[1] != vectors.shape[1]:
-            raise ValueError(
-                f"dimension {vectors.shape[1]} does not match the stored {existing.shape[1]}"
-            )
+        stored_dim = self.dim() if len(ids_arr) else None
+        if stored_dim is not None and stored_dim != vectors.shape[1]:
+            raise ValueError(f"dimension {vectors.shape[1]} does not match the stored {stored_dim}")
         deleted_arr = np.asarray(list(deleted), dtype=np.int64)
         parts = self._all_parts()
         number = max(int(parts[-1].stem) if parts else 0, self._state()["folded_through"]) + 1
@@ -184,7 +207,7 @@ class EmbeddingStore:
         if not parts:
             return
         ids, vectors, keys = self.load_with_keys()
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = np.ascontiguousarray(vectors, dtype=self.dtype)
         new_base = (state["base"] or 0) + 1
         folder = self.path / f"base-{new_base}"
         shutil.rmtree(folder, ignore_errors=True)  # leftovers of a compaction that crashed
@@ -217,11 +240,11 @@ def _apply(
     if len(up_ids) == 0:
         if keep.all():
             return ids, vectors, keys
-        return ids[keep], np.asarray(vectors[keep], np.float32), keys[keep]
+        return ids[keep], np.asarray(vectors[keep]), keys[keep]
     base = (
-        np.asarray(vectors[keep], np.float32)
+        np.asarray(vectors[keep], up_vectors.dtype)
         if vectors.size
-        else np.empty((0, up_vectors.shape[1]), np.float32)
+        else np.empty((0, up_vectors.shape[1]), up_vectors.dtype)
     )
     all_ids = np.concatenate([ids[keep], up_ids])
     all_vectors = np.concatenate([base, up_vectors])

@@ -1,0 +1,174 @@
+"""``flask model tune``: the catalogue-tuned backbone trained, embedded, listed and served."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import add_product, save_photo
+from webapp.similar import indexing
+from worker.ml.finetune import TunedBackbone, base_model_id, is_tuned_id
+
+
+@pytest.fixture
+def tuned(labelled):
+    """The labelled catalogue with a backbone tuned on it (3 epochs) and served."""
+    app, base_id = labelled
+    app.config.update(EMBEDDING_TUNED="auto", TUNE_EPOCHS=3)
+    result = app.test_cli_runner().invoke(args=["model", "tune", "--now"])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        model_id = indexing.neighbour_cache().active_model()
+    return app, base_id, model_id, result.output
+
+
+def test_tune_trains_embeds_lists_and_switches(tuned):
+    app, base_id, model_id, output = tuned
+    assert is_tuned_id(model_id) and base_model_id(model_id) == base_id
+    assert f"Tuned model {model_id} (from {base_id})" in output
+    assert "Validation accuracy (products held back)" in output
+    assert "epoch 3/3" in output  # progress per epoch
+    assert "Pages and photo search now use it." in output
+    with app.app_context():
+        store = indexing.store_for(model_id)
+        assert len(store) == 48
+        meta = indexing.neighbour_cache().meta(model_id)
+        assert meta["complete"] == "1" and meta["count"] == "48"
+        folder = store.path
+        assert (folder / "network" / "meta.json").exists()
+        heads = json.loads((folder / "heads" / "meta.json").read_text())
+        assert heads["model_id"] == model_id and sorted(heads["heads"]) == ["colour", "sub", "type"]
+        # the maps and colour descriptors are kept for the next tuning
+        maps = [p.name for p in Path(app.config["MODEL_FOLDER"]).iterdir() if ".maps-" in p.name]
+        assert maps == [f"{base_id}.maps-conv1-v2"]
+        # the workers' embedder is now the tuned one; the plain one stays reachable
+        embedder = indexing.load_backbone()
+        assert isinstance(embedder, TunedBackbone) and embedder.model_id == model_id
+        assert indexing.load_backbone(tuned=False).model_id == base_id
+    # product pages serve the tuned lists
+    answer = app.test_client().get("/api/products/2000/similar?n=4").get_json()
+    assert answer["model"] == model_id and len(answer["items"]) == 4
+
+
+def test_the_tuned_model_embeds_a_photo_as_its_stored_maps_do(tuned):
+    app, _, model_id, _ = tuned
+    with app.app_context():
+        embedder = indexing.backbone_for(model_id)
+        stored = indexing.store_for(model_id).get([2000, 2001])
+        media = Path(app.config["MEDIA_FOLDER"])
+        fresh = embedder.embed([media / "q0.jpg", media / "q1.jpg"])
+    assert np.min(np.sum(stored * fresh, axis=1)) > 0.999
+
+
+def test_setting_chooses_tuned_plain_or_a_named_network(tuned):
+    app, base_id, model_id, _ = tuned
+    with app.app_context():
+        app.config["EMBEDDING_TUNED"] = "off"
+        assert indexing.load_backbone().model_id == base_id
+        app.config["EMBEDDING_TUNED"] = model_id
+        assert indexing.load_backbone().model_id == model_id
+        app.config["EMBEDDING_TUNED"] = base_id + ".ft00000000"
+        with pytest.raises(indexing.ModelUnavailable, match="model tune"):
+            indexing.load_backbone()
+        app.config["EMBEDDING_TUNED"] = "efficientnet_lite0-57934424-160-avg.ft12345678"
+        with pytest.raises(indexing.ModelUnavailable, match="not tuned from the configured"):
+            indexing.load_backbone()
+        with pytest.raises(indexing.ModelUnavailable, match="cannot be loaded here"):
+            indexing.backbone_for(base_id + ".ft00000000")
+
+
+def test_a_new_product_reaches_the_tuned_lists(tuned, tmp_path):
+    app, _, model_id, _ = tuned
+    with app.app_context():
+        add_product(
+            id=2100,
+            name="New red shirt",
+            base_colour="Red",
+            image_path=save_photo(tmp_path / "media", "new.jpg", "Red", 99),
+        )
+        report = indexing.update_product(2100)
+        assert report.action == "embedded" and 2100 in report.rewritten
+        assert 2100 in indexing.store_for(model_id).ids()
+        ids, _ = indexing.neighbour_cache().read_index(model_id)
+        assert 2100 in ids.tolist()
+
+
+def test_photo_search_uses_the_tuned_model_and_its_heads(tuned, tmp_path):
+    app, _, model_id, _ = tuned
+    from webapp.preferences import Preferences
+    from webapp.search import pipeline
+
+    with app.app_context():
+        relative = "search-uploads/query.jpg"
+        save_photo(Path(app.config["MEDIA_FOLDER"]), relative, "Blue", 7)
+        result = pipeline.search_photo(relative, Preferences(), 6)
+    assert result["model"] == model_id
+    assert result["heads"] and result["heads"].startswith("heads")
+    assert len(result["items"]) == 6
+    fields = {p["field"] for p in result["predictions"]}
+    assert {"gender", "article_type", "sub_category", "base_colour"} <= fields
+
+
+def test_evaluation_scores_the_tuned_backbone_beside_the_plain_one(tuned, tmp_path):
+    app, base_id, model_id, _ = tuned
+    runner = app.test_cli_runner()
+    out = tmp_path / "loo.json"
+    result = runner.invoke(
+        args=["model", "evaluate", "--min-type-count", "0", "--k", "5", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert [m["name"] for m in data["models"]] == ["plain", "tuned"]
+    assert data["models"][1]["model_id"] == model_id and data["base_model"] == base_id
+    assert "its stored embeddings" in result.output  # leave-one-out reads what pages serve
+    assert f"--model {model_id}" in data["command"]
+
+    split = tmp_path / "split.json"
+    result = runner.invoke(
+        args=[
+            "model",
+            "evaluate",
+            "--split",
+            "0.25",
+            "--head",
+            "tuned",
+            "--k",
+            "5",
+            "--latency-sample",
+            "2",
+            "--json",
+            str(split),
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Tuning the backbone on 36 products" in result.output  # never on the held-out 12
+    (model,) = json.loads(split.read_text())["models"]
+    assert model["queries"] == 12 and model["index"] == 36
+    assert model["model_id"] != model_id  # a network of its own, trained on the kept rows
+    assert "the tuned backbone's heads" in model["classifier"]
+    assert model["latency"]["n"] == 2
+    again = runner.invoke(
+        args=["model", "evaluate", "--split", "0.25", "--head", "tuned", "--k", "5", "--no-save"]
+    )
+    assert again.exit_code == 0 and "Tuning the backbone" not in again.output  # cached
+
+
+def test_index_job_queues_the_first_tuning_once(labelled, redis_db):
+    app, _ = labelled
+    from webapp import jobs
+    from worker import tasks
+
+    with app.app_context():
+        app.config["EMBEDDING_TUNED"] = "off"
+        summary = tasks.ml_index_catalog.apply().get()
+        assert "tuning_job" not in summary
+        app.config["EMBEDDING_TUNED"] = "auto"
+        summary = tasks.ml_index_catalog.apply().get()
+        assert summary["tuning_job"] == jobs.in_flight(tasks.INDEX_JOB)
+        # the tuning waits on the index queue for a worker, under the one-at-a-time marker
+        assert redis_db.llen("index") == 1
+        message = json.loads(redis_db.lindex("index", 0))
+        assert message["headers"]["task"] == "worker.tasks.ml_tune_catalog"
