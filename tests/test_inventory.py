@@ -121,6 +121,7 @@ def queued(monkeypatch):
         "ml_index_import",
         "ml_update_product",
         "ml_index_catalog",
+        "ml_tune_catalog",
         "hash_product_images",
         "ml_calibrate_duplicates",
     ):
@@ -828,6 +829,15 @@ def test_index_status_panel(catalogue, admin, queued, redis_db):
     assert "Rebuilding the index: queued" in client.get(response.location).get_data(as_text=True)
     client.post("/admin/inventory/index/calibrate")
     assert queued[-1][0] == "ml_calibrate_duplicates"
+    redis_db.delete("jobs:index-catalog")  # as if the rebuild had ended
+    tuning = client.post("/admin/inventory/index/tune")
+    assert queued[-1][0] == "ml_tune_catalog"
+    assert "Tuning the backbone on the catalogue: queued" in client.get(tuning.location).get_data(
+        as_text=True
+    )
+    # stores that only feed training are not listed as models
+    Path(app.config["MODEL_FOLDER"], f"{model_id}.maps-conv1-v2", "parts").mkdir(parents=True)
+    assert ".maps-" not in client.get("/admin/inventory/index").get_data(as_text=True)
 
 
 def test_index_status_without_redis(app, admin):

@@ -110,3 +110,27 @@ def test_half_float_store(tmp_path):
     ids, vectors = EmbeddingStore(tmp_path, "maps", dtype=np.float16).load()
     assert vectors.dtype == np.float16
     np.testing.assert_allclose(vectors.astype(np.float32), v[[0, 2]], atol=1e-3)
+
+
+def test_many_parts_fold_like_one_at_a_time(tmp_path):
+    """Random upserts and deletions over many parts give what applying them in order gives."""
+    rng = np.random.default_rng(7)
+    store = EmbeddingStore(tmp_path, "m")
+    expected: dict[int, tuple[np.ndarray, str]] = {}
+    for n in range(30):
+        if n == 12:
+            store.compact()  # a base in the middle
+        deleted = rng.choice(40, rng.integers(0, 4), replace=False).tolist()
+        ids = rng.choice(40, rng.integers(0, 6), replace=False).tolist()
+        v = unit(len(ids), seed=n) if ids else None
+        keys = [f"k{n}-{i}" * (1 + i % 3) for i in ids]
+        store.write_part(ids, v, keys=keys, deleted=deleted)
+        for i in deleted:
+            expected.pop(i, None)
+        for j, i in enumerate(ids):
+            expected[i] = (v[j], keys[j])
+    got_ids, got_vectors = EmbeddingStore(tmp_path, "m").load()
+    assert got_ids.tolist() == sorted(expected)
+    for i, row in zip(got_ids.tolist(), got_vectors, strict=True):
+        np.testing.assert_array_equal(row, expected[i][0])
+    assert store.keys_by_id() == {i: k for i, (_, k) in expected.items()}

@@ -85,6 +85,12 @@ def workers_alive(timeout: float = PING_TIMEOUT_S) -> list[str] | None:
     return sorted(name for reply in replies for name in reply)
 
 
+def is_embedding_model(name: str) -> bool:
+    """True for a model whose embeddings can serve lists (not a store of feature maps or of
+    colour descriptors, which only feed training and evaluation)."""
+    return ".maps-" not in name and not name.startswith("colour-")
+
+
 def index_status(ping: bool = True) -> dict[str, Any]:
     """Everything the panel shows, JSON-ready apart from datetimes."""
     from worker.tasks import CALIBRATE_JOB, HASH_JOB, INDEX_JOB
@@ -102,7 +108,9 @@ def index_status(ping: bool = True) -> dict[str, Any]:
     folders = sorted(
         p
         for p in models_root.glob("*")
-        if p.is_dir() and ((p / "parts").exists() or (p / "state.json").exists())
+        if p.is_dir()
+        and ((p / "parts").exists() or (p / "state.json").exists())
+        and is_embedding_model(p.name)
     )
     try:
         redis = get_redis()

@@ -321,6 +321,17 @@ def index_rebuild() -> ResponseReturnValue:
     return redirect(url_for(".index_panel"))
 
 
+@bp.post("/index/tune")
+def index_tune() -> ResponseReturnValue:
+    """Tune the backbone on the catalogue; pages switch to its lists when they are complete."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    from worker.tasks import INDEX_JOB, ml_tune_catalog
+
+    _enqueue_once(INDEX_JOB, ml_tune_catalog.delay, "Tuning the backbone on the catalogue")
+    return redirect(url_for(".index_panel"))
+
+
 @bp.post("/index/calibrate")
 def index_calibrate() -> ResponseReturnValue:
     """Calibrate the near-duplicate threshold of the served model on the catalogue."""

@@ -71,10 +71,10 @@ def register(model_cli: AppGroup, app: Flask) -> None:
         "tuned backbone always narrows with its own heads.",
     )
     @click.option(
-        "--colour-first",
-        is_flag=True,
+        "--colour-first/--no-colour-first",
+        default=None,
         help="Photo searches: within the predicted type, the predicted colour first (when "
-        "the classifier is confident).",
+        "the classifier is confident). Default: as the shop does (SEARCH_COLOUR_FIRST).",
     )
     @click.option(
         "--latency-sample",
@@ -96,7 +96,7 @@ def register(model_cli: AppGroup, app: Flask) -> None:
         min_type_count: int,
         colour_weight: float,
         classifier: str,
-        colour_first: bool,
+        colour_first: bool | None,
         latency_sample: int,
         retrain: bool,
         json_out: str | None,

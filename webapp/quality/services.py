@@ -73,7 +73,8 @@ class Options:
     queries: str | None = None
     colour_weight: float = 0.3
     classifier: str = "heads"  # heads | projection | ensemble: which classifier narrows searches
-    colour_first: bool = False  # photo searches: the predicted colour first within the type
+    colour_first: bool | None = None  # photo searches: the predicted colour first within the
+    # type (None: as the shop is configured, SEARCH_COLOUR_FIRST)
     latency_sample: int = 50
     retrain: bool = False
     network: str | None = None  # the tuned model id leave-one-out serves (None: the newest)
@@ -565,7 +566,7 @@ def _photo_models(
     policy = ev.PipelinePolicy(
         min_confidence=cfg.get("SEARCH_MIN_CONFIDENCE", 0.5),
         same_photo_cosine=cfg.get("SEARCH_SAME_PHOTO_COSINE", 0.98),
-        colour_first=opts.colour_first,
+        colour_first=colour_first(opts),
     )
     qv = queries.vectors
     head_preds = ev.head_predictions(headset, qv) if headset is not None else None
@@ -626,7 +627,7 @@ def _photo_models(
                 "description": HEAD_DESCRIPTIONS[head],
                 "model_id": built.model_id,
                 "ranking": f"photo-search pipeline (classifier: {classifier_name}"
-                + ("; predicted colour first" if opts.colour_first else "")
+                + ("; predicted colour first" if colour_first(opts) else "")
                 + ")",
                 "index": int(len(index_rows)),
                 **scores,
@@ -828,6 +829,13 @@ def commit() -> str:
     return (head + ("+dirty" if dirty else "")) if head else "unknown"
 
 
+def colour_first(opts: Options) -> bool:
+    """Whether photo searches put the predicted colour first: the option, else the shop's."""
+    if opts.colour_first is not None:
+        return opts.colour_first
+    return bool(current_app.config["SEARCH_COLOUR_FIRST"])
+
+
 def command_line(opts: Options) -> str:
     """The command that reproduces a run."""
     words = ["flask --app wsgi model evaluate", f"--model {opts.network or opts.model_id}"]
@@ -844,8 +852,8 @@ def command_line(opts: Options) -> str:
         words.append(f"--colour-weight {opts.colour_weight:g}")
     if opts.classifier != "heads":
         words.append(f"--classifier {opts.classifier}")
-    if opts.colour_first:
-        words.append("--colour-first")
+    if opts.split or opts.queries:  # leave-one-out ranks product pages: no photo-search rules
+        words.append("--colour-first" if colour_first(opts) else "--no-colour-first")
     return " ".join(words)
 
 
@@ -868,7 +876,7 @@ def header(opts: Options, cat: Catalogue) -> dict[str, Any]:
             "queries": opts.queries,
             "colour_weight": opts.colour_weight,
             "classifier": opts.classifier,
-            "colour_first": opts.colour_first,
+            "colour_first": colour_first(opts),
             "network": opts.network,
         },
         "reference": {"name": ev.REFERENCE_NAME, "table": ev.REFERENCE_TABLE},

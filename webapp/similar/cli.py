@@ -185,6 +185,8 @@ def format_tune_summary(summary: dict) -> str:
         lines.append(f"Validation accuracy (products held back): {figures}.")
     if summary["compare_threshold"] is not None:
         lines.append(f"Compare threshold: score >= {summary['compare_threshold']}.")
+    if summary["duplicate_threshold"] is not None:
+        lines.append(f"Duplicate check: cosine >= {summary['duplicate_threshold']}.")
     lines.append(
         "Pages and photo search now use it."
         if summary["activated"]

@@ -41,6 +41,8 @@ Say = Callable[[str], None]
 # Products below this cannot teach three classifiers anything worth serving.
 MIN_PRODUCTS = 20
 MAP_CHUNK = 512
+# Catalogue photos re-encoded and rescaled to calibrate the duplicate check on.
+DUPLICATE_COPIES = 200
 
 
 @dataclass
@@ -75,12 +77,14 @@ def _refresh(
     *,
     chunk: int,
     progress: Progress | None = None,
+    prune: bool = False,
 ) -> list[int]:
-    """Bring a per-photo store up to date with ``rows``: compute what is missing or changed,
-    drop products that left; returns the ids whose photo could not be read."""
+    """Bring a per-photo store up to date with ``rows``: compute what is missing or changed
+    and (``prune``: ``rows`` is the whole catalogue) drop products that left; returns the ids
+    whose photo could not be read."""
     stored = store.keys_by_id()
     wanted = dict(zip(rows.ids.tolist(), rows.keys, strict=True))
-    gone = sorted(set(stored) - set(wanted))
+    gone = sorted(set(stored) - set(wanted)) if prune else []
     if gone:
         store.write_part(deleted=gone)
     todo = [
@@ -117,14 +121,18 @@ def _refresh(
     return unreadable
 
 
-def colour_descriptors(rows: CatalogueRows, progress: Progress | None = None) -> np.ndarray:
+def colour_descriptors(
+    rows: CatalogueRows, progress: Progress | None = None, prune: bool = False
+) -> np.ndarray:
     """Colour descriptors float32 [n, d] of the rows' photos, kept in their own store (model
     id ``colour-lab320-v1``, keyed by photo digest); zeros for an unreadable photo."""
     from worker.ml.colour import ColourDescriptor
 
     descriptor = ColourDescriptor()
     store = indexing.store_for(descriptor.model_id)
-    unreadable = _refresh(store, rows, descriptor.describe, chunk=2048, progress=progress)
+    unreadable = _refresh(
+        store, rows, descriptor.describe, chunk=2048, progress=progress, prune=prune
+    )
     if unreadable:
         logger.warning("%d products without a readable photo get no colour", len(unreadable))
     out = np.zeros((len(rows.ids), descriptor.dim), np.float32)
@@ -135,7 +143,7 @@ def colour_descriptors(rows: CatalogueRows, progress: Progress | None = None) ->
 
 
 def feature_maps(
-    fm, rows: CatalogueRows, progress: Progress | None = None
+    fm, rows: CatalogueRows, progress: Progress | None = None, prune: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """(row numbers with maps, maps float16 [m, views, h, w, c]) of the rows' photos, from the
     half-float store of the backbone's cut layer, computed where missing or changed."""
@@ -144,7 +152,12 @@ def feature_maps(
     store = EmbeddingStore(current_app.config["MODEL_FOLDER"], fm.store_id, dtype=np.float16)
     batch = current_app.config["EMBEDDING_BATCH_SIZE"]
     unreadable = _refresh(
-        store, rows, lambda images: fm.compute(images, batch), chunk=MAP_CHUNK, progress=progress
+        store,
+        rows,
+        lambda images: fm.compute(images, batch),
+        chunk=MAP_CHUNK,
+        progress=progress,
+        prune=prune,
     )
     if unreadable:
         logger.warning(
@@ -251,10 +264,10 @@ def tune_catalog(
         "computed only where missing)..."
     )
     t0 = time.perf_counter()
-    have, maps = feature_maps(fm, rows, progress_for("maps"))
+    have, maps = feature_maps(fm, rows, progress_for("maps"), prune=True)
     ids = rows.ids[have]
     kept = CatalogueRows(ids, [rows.keys[i] for i in have], [rows.photos[i] for i in have])
-    colours = colour_descriptors(kept, progress_for("colours"))
+    colours = colour_descriptors(kept, progress_for("colours"), prune=True)
     labels = catalogue_labels(ids)
     seconds_maps = time.perf_counter() - t0
 
@@ -298,6 +311,7 @@ def tune_catalog(
             embed_progress(min(start + step, len(ids)), len(ids))
     store.compact()
     calibration = _calibrate_compare(model_id, store, ids, labels)
+    duplicates = _calibrate_duplicates(model_id, embedder)
     lists = indexing.build_neighbours(
         model_id, activate=activate, progress=progress_for("neighbours")
     )
@@ -309,6 +323,7 @@ def tune_catalog(
         "validation": {k: round(v, 4) for k, v in report.validation.items()},
         "epochs": report.epochs,
         "compare_threshold": calibration,
+        "duplicate_threshold": duplicates,
         "activated": activate,
         "seconds_maps": round(seconds_maps, 1),
         "seconds_training": round(report.seconds, 1),
@@ -337,6 +352,19 @@ def _calibrate_compare(
         return None
     save_calibration(store.path.parent, result)
     return round(float(result.threshold), 4)
+
+
+def _calibrate_duplicates(model_id: str, embedder) -> float | None:
+    """Calibrate the near-duplicate cosine for the tuned embedding (its cosines sit higher
+    than the plain backbone's: same-type products are pulled together)."""
+    from webapp.inventory.calibration import calibrate_model
+
+    try:
+        result = calibrate_model(model_id, backbone=embedder, copies=DUPLICATE_COPIES)
+    except ValueError as exc:
+        logger.warning("duplicate threshold not calibrated for %s: %s", model_id, exc)
+        return None
+    return round(float(result["threshold"]), 4)
 
 
 def should_tune() -> bool:

@@ -92,11 +92,12 @@ class EmbeddingStore:
         if self._cache is not None and self._cache[0] == signature:
             return self._cache[1], self._cache[2], self._cache[3]
         ids, vectors, keys = self._load_base()
+        deltas = []
         for part in self._parts():
             with np.load(part) as data:
-                ids, vectors, keys = _apply(
-                    ids, vectors, keys, data["ids"], data["vectors"], data["keys"], data["deleted"]
-                )
+                deltas.append({k: data[k] for k in ("ids", "vectors", "keys", "deleted")})
+        if deltas:
+            ids, vectors, keys = _apply(ids, vectors, keys, deltas)
         self._cache = (signature, ids, vectors, keys)
         return ids, vectors, keys
 
@@ -226,28 +227,34 @@ class EmbeddingStore:
 
 
 def _apply(
-    ids: np.ndarray,
-    vectors: np.ndarray,
-    keys: np.ndarray,
-    up_ids: np.ndarray,
-    up_vectors: np.ndarray,
-    up_keys: np.ndarray,
-    deleted: np.ndarray,
+    ids: np.ndarray, vectors: np.ndarray, keys: np.ndarray, deltas: list[dict[str, np.ndarray]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Apply one delta: drop deleted and replaced ids, add the upserts, keep ids sorted."""
-    drop = np.concatenate([deleted, up_ids])
-    keep = ~np.isin(ids, drop)
-    if len(up_ids) == 0:
-        if keep.all():
-            return ids, vectors, keys
-        return ids[keep], np.asarray(vectors[keep]), keys[keep]
-    base = (
-        np.asarray(vectors[keep], up_vectors.dtype)
-        if vectors.size
-        else np.empty((0, up_vectors.shape[1]), up_vectors.dtype)
-    )
-    all_ids = np.concatenate([ids[keep], up_ids])
-    all_vectors = np.concatenate([base, up_vectors])
-    all_keys = np.concatenate([keys[keep], up_keys])  # NumPy widens the byte-string width
-    order = np.argsort(all_ids, kind="stable")
-    return all_ids[order], all_vectors[order], all_keys[order]
+    """Apply deltas in order (each: deletions, then upserts, which win over a deletion in the
+    same part) to the base rows; ids come back sorted.
+
+    Every row is copied once, whatever the number of parts: a build of a large catalogue
+    leaves many parts of big rows (feature maps) to fold.
+    """
+    where = {int(i): (0, r) for r, i in enumerate(ids.tolist())}
+    vector_sources, key_sources = [vectors], [keys]
+    for n, delta in enumerate(deltas, start=1):
+        for i in delta["deleted"].tolist():
+            where.pop(int(i), None)
+        for r, i in enumerate(delta["ids"].tolist()):
+            where[int(i)] = (n, r)
+        vector_sources.append(delta["vectors"])
+        key_sources.append(delta["keys"])
+    out_ids = np.fromiter(sorted(where), np.int64, len(where))
+    source = np.fromiter((where[i][0] for i in out_ids.tolist()), np.int64, len(out_ids))
+    row = np.fromiter((where[i][1] for i in out_ids.tolist()), np.int64, len(out_ids))
+    filled = [v for v in vector_sources if v.size]
+    dim = filled[0].shape[1] if filled else 0
+    dtype = filled[-1].dtype if filled else vectors.dtype
+    width = max((k.dtype.itemsize for k in key_sources if k.size), default=1)
+    out_vectors = np.empty((len(out_ids), dim), dtype)
+    out_keys = np.empty(len(out_ids), f"S{width}")
+    for s in np.unique(source).tolist():
+        chosen = source == s
+        out_vectors[chosen] = np.asarray(vector_sources[s][row[chosen]])
+        out_keys[chosen] = key_sources[s][row[chosen]]
+    return out_ids, out_vectors, out_keys
