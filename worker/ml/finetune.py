@@ -379,9 +379,12 @@ class TunedBackbone:
         return f"TunedBackbone({self.model_id!r}, dim={self.dim})"
 
     def _features(self, model: Any, views: list[np.ndarray]) -> np.ndarray:
+        # One call for both views: a photo search embeds one photo, and a batch of two costs
+        # far less than two calls.
+        n = len(views[0])
         with self._lock:
-            pooled = [np.asarray(model.predict_on_batch(v), np.float32) for v in views]
-        return _unit(np.sum(pooled, axis=0))
+            pooled = np.asarray(model.predict_on_batch(np.concatenate(views)), np.float32)
+        return _unit(pooled.reshape(len(views), n, -1).sum(axis=0))
 
     def embed(self, images: Sequence[ImageSource] | np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Embed photos (paths, bytes, PIL images or uint8 [n,h,w,3]) as unit rows."""
