@@ -10,10 +10,6 @@ import click
 import numpy as np
 from flask import Flask
 from flask.cli import AppGroup
-from sqlalchemy import select
-
-from webapp.extensions import db
-from webapp.models import Product
 
 
 def register(model_cli: AppGroup, app: Flask) -> None:
@@ -136,28 +132,9 @@ def _embeddings(model_id: str | None) -> tuple[str, np.ndarray, np.ndarray]:
 
 def _labels(ids: np.ndarray) -> dict[str, list[str | None]]:
     """Each head's label per embedded product, from the database (None where unknown)."""
-    from worker.ml.heads import derived_type
+    from webapp.similar.tuning import catalogue_labels
 
-    rows = {
-        r.id: r
-        for r in db.session.execute(
-            select(
-                Product.id,
-                Product.sub_category,
-                Product.gender,
-                Product.article_type,
-                Product.base_colour,
-            )
-        )
-    }
-    db.session.rollback()
-    sub, typ, colour = [], [], []
-    for pid in ids.tolist():
-        r = rows.get(pid)
-        sub.append(r.sub_category if r else None)
-        typ.append(derived_type(r.gender, r.article_type) if r else None)
-        colour.append(r.base_colour if r else None)
-    return {"sub": sub, "type": typ, "colour": colour}
+    return catalogue_labels(ids)
 
 
 def _calibrate(model_id, ids, vectors, labels, target_precision: float, seed: int) -> None:

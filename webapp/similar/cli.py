@@ -15,6 +15,14 @@ from webapp import jobs
 from webapp.cli import CliProgress
 
 OFFLINE_INPUT_SIZE = 160
+# What each stage of tuning is called on the terminal.
+TUNE_STAGES = {
+    "maps": "Feature maps",
+    "colours": "Colour descriptors",
+    "training": "Training",
+    "embedding": "Tuned embeddings",
+    "neighbours": "Neighbour lists",
+}
 
 model_cli = AppGroup(
     "model", help="Image models: backbone choice, tuning, heads, calibration, evaluation."
@@ -128,7 +136,10 @@ def register(catalog_cli: AppGroup, app) -> None:
                 epochs=epochs,
                 val_fraction=val_fraction,
                 activate=not no_activate,
-                progress_for=lambda stage: CliProgress(stage.capitalize(), "steps"),
+                progress_for=lambda stage: CliProgress(
+                    TUNE_STAGES.get(stage, stage.capitalize()),
+                    "epochs" if stage == "training" else "products",
+                ),
                 say=lambda line: click.echo(line, err=True),
             )
             click.echo(format_tune_summary(summary))

@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -277,10 +276,9 @@ class TunedNetwork:
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``weights.npz`` and ``meta.json`` into ``folder`` (renamed into place)."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-        try:
+        from .folders import replace_folder
+
+        def fill(tmp: Path) -> None:
             arrays = {}
             for name, values in self.top_weights.items():
                 for i, a in enumerate(values):
@@ -296,20 +294,8 @@ class TunedNetwork:
                 "saved_at": time.time(),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-            old = folder.with_name(f".{folder.name}-old")
-            if folder.exists():
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            if old.exists():
-                import shutil
 
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+        return replace_folder(folder, fill)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> TunedNetwork:

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -297,10 +296,9 @@ class HeadSet:
 
         ``keras_dir`` holds the trained Keras models (``<name>.keras``) to keep beside them.
         """
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-        try:
+        from .folders import replace_folder
+
+        def fill(tmp: Path) -> None:
             digest = hashlib.sha256()
             for name, head in sorted(self.heads.items()):
                 path = tmp / f"{name}.npz"
@@ -321,16 +319,8 @@ class HeadSet:
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
             self.meta = meta
-            old = folder.with_name(f".{folder.name}-old")
-            shutil.rmtree(old, ignore_errors=True)
-            if folder.exists():
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+
+        return replace_folder(folder, fill)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> HeadSet:
