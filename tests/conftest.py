@@ -303,3 +303,40 @@ def labelled(app, redis_db, tmp_path):
         assert report.embedded == 48
         indexing.build_neighbours(report.model_id)
     return app, report.model_id
+
+
+def write_query_folder(folder):
+    """A Kaggle-style query folder: three Men's shirts the labelled catalogue does not hold
+    (red, blue, green) and one product it does (2000)."""
+    import csv
+
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for i, colour in enumerate(["Red", "Blue", "Green"]):
+        save_photo(folder / "images", f"{9000 + i}.jpg", colour, 100 + i)
+        rows.append(
+            {
+                "id": 9000 + i,
+                "gender": "Men",
+                "masterCategory": "Apparel",
+                "subCategory": "Topwear",
+                "articleType": "Shirts",
+                "baseColour": colour,
+            }
+        )
+    rows.append(
+        {
+            "id": 2000,
+            "gender": "Men",
+            "masterCategory": "Apparel",  # in the catalogue
+            "subCategory": "Topwear",
+            "articleType": "Shirts",
+            "baseColour": "Red",
+        }
+    )
+    save_photo(folder / "images", "2000.jpg", "Red", 1)
+    with (folder / "styles.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder

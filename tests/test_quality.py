@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
-from tests.conftest import save_photo
+from tests.conftest import save_photo, write_query_folder
 from webapp.quality import services
 
 
@@ -140,36 +139,7 @@ def test_held_out_split_never_indexes_the_queries(labelled, tmp_path):
 
 def test_query_folder_of_products_outside_the_catalogue(labelled, tmp_path):
     app, _ = labelled
-    folder = tmp_path / "queries"
-    (folder / "images").mkdir(parents=True)
-    rows = []
-    for i, colour in enumerate(["Red", "Blue", "Green"]):
-        save_photo(folder / "images", f"{9000 + i}.jpg", colour, 100 + i)
-        rows.append(
-            {
-                "id": 9000 + i,
-                "gender": "Men",
-                "masterCategory": "Apparel",
-                "subCategory": "Topwear",
-                "articleType": "Shirts",
-                "baseColour": colour,
-            }
-        )
-    rows.append(
-        {
-            "id": 2000,
-            "gender": "Men",
-            "masterCategory": "Apparel",  # in the catalogue
-            "subCategory": "Topwear",
-            "articleType": "Shirts",
-            "baseColour": "Red",
-        }
-    )
-    save_photo(folder / "images", "2000.jpg", "Red", 1)
-    with (folder / "styles.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    folder = write_query_folder(tmp_path / "queries")
     result = app.test_cli_runner().invoke(
         args=[
             "model",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import add_product, save_photo
+from tests.conftest import add_product, save_photo, write_query_folder
 from webapp.similar import indexing
 from worker.ml.finetune import TunedBackbone, base_model_id, is_tuned_id
 
@@ -154,6 +154,34 @@ def test_evaluation_scores_the_tuned_backbone_beside_the_plain_one(tuned, tmp_pa
         args=["model", "evaluate", "--split", "0.25", "--head", "tuned", "--k", "5", "--no-save"]
     )
     assert again.exit_code == 0 and "Tuning the backbone" not in again.output  # cached
+
+
+def test_a_query_folder_is_embedded_by_the_tuned_backbone(tuned, tmp_path):
+    app, _, model_id, _ = tuned
+    folder = write_query_folder(tmp_path / "queries")
+    out = tmp_path / "queries.json"
+    result = app.test_cli_runner().invoke(
+        args=[
+            "model",
+            "evaluate",
+            "--queries",
+            str(folder),
+            "--head",
+            "tuned",
+            "--k",
+            "5",
+            "--latency-sample",
+            "0",
+            "--no-save",
+            "--json",
+            str(out),
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"Embedding 3 query photos with {model_id}" in result.output
+    (model,) = json.loads(out.read_text())["models"]
+    assert model["model_id"] == model_id and model["queries"] == 3 and model["index"] == 48
+    assert "the tuned backbone's heads" in model["classifier"]
 
 
 def test_index_job_queues_the_first_tuning_once(labelled, redis_db):
