@@ -82,6 +82,8 @@ def _refresh(
     """Bring a per-photo store up to date with ``rows``: compute what is missing or changed
     and (``prune``: ``rows`` is the whole catalogue) drop products that left; returns the ids
     whose photo could not be read."""
+    from worker.ml.preprocess import load_image
+
     stored = store.keys_by_id()
     wanted = dict(zip(rows.ids.tolist(), rows.keys, strict=True))
     gone = sorted(set(stored) - set(wanted)) if prune else []
@@ -102,8 +104,6 @@ def _refresh(
         for i in part:
             path = rows.photos[i]
             try:
-                from worker.ml.preprocess import load_image
-
                 if path is None:
                     raise ValueError("no photo path")
                 images.append(load_image(path))
