@@ -69,6 +69,8 @@ def test_drop_a_photo_and_watch_the_results_fill_in(live_search, page):  # noqa:
     transfer = page.evaluate_handle(DROP, photo)
     page.dispatch_event("[data-drop-zone]", "drop", {"dataTransfer": transfer})
     preview = page.locator("img[data-preview]")
+    # The preview shows once the browser has read the file: wait for it (a busy machine is slow).
+    preview.wait_for(state="visible", timeout=10_000)
     assert preview.is_visible()
     assert preview.get_attribute("src").startswith("blob:")
     assert page.locator("input[type=file]").evaluate("(el) => el.files[0].name") == "dropped.jpg"
