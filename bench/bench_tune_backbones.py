@@ -1,0 +1,113 @@
+"""Does a larger EfficientNet-Lite pay once tuned? Tuned Lite0 against tuned Lite1 / Lite2.
+
+On a stratified sample of the catalogue (default 12,000 photos, the same share of every
+gender + article type, seed 0), each backbone at the same input size is tuned exactly as
+``flask model tune`` tunes (``worker.ml.finetune``, cut at the end of its stride-8 stage) on
+five sixths of the sample and scored on the sixth it never saw: the accuracy of its three
+classifiers, the time to compute the feature maps, the time per training epoch, and the
+embedding speed of one photo as photo search embeds it. Lite0 is the baseline of the ratios.
+Figures on a sample are below the full catalogue's (less to learn from) but compare the
+backbones fairly.
+
+    PYTHONPATH=. .venv/bin/python bench/bench_tune_backbones.py --n 12000 --epochs 4 \\
+        --backbones efficientnet_lite0 efficientnet_lite2
+
+(EfficientNet-Lite1 and -Lite2 need their PyPI packages.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.bench_embed import git_commit  # noqa: E402
+from bench.bench_quality_sizes import DEFAULT_CATALOG, stratified_sample  # noqa: E402
+from worker.ml import evaluation as ev  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Tune each backbone on the same sample and print a table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
+    parser.add_argument("--n", type=int, default=12000)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--size", type=int, default=160)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--backbones", nargs="+", default=["efficientnet_lite0", "efficientnet_lite2"]
+    )
+    args = parser.parse_args(argv)
+
+    from worker.ml.backbones import get_backbone
+    from worker.ml.colour import ColourDescriptor
+    from worker.ml.finetune import FeatureMaps, TuneConfig, cut_layer, score_network, train_network
+    from worker.ml.preprocess import load_image
+
+    paths, labels = stratified_sample(args.catalog, args.n, args.seed)
+    train, test = ev.holdout_split(list(labels.derived_type), 1 / 6, args.seed)
+    images = [load_image(p) for p in paths]
+    colours = ColourDescriptor().describe(images)
+    names = {
+        "sub": list(labels.sub_category),
+        "type": list(labels.derived_type),
+        "colour": list(labels.base_colour),
+    }
+
+    def take(rows):
+        return {k: [v[i] for i in rows.tolist()] for k, v in names.items()}
+
+    print(f"{len(paths)} photos ({len(train)} to tune on, {len(test)} held out), seed {args.seed}")
+    load_before = os.getloadavg()[0]
+    rows = []
+    for name in args.backbones:
+        base = get_backbone(name, input_size=args.size, cache_dir=REPO_ROOT / "instance" / "models")
+        config = TuneConfig(epochs=args.epochs, seed=args.seed)
+        fm = FeatureMaps(base, cut_layer(base, config), config.mirror)
+        started = time.perf_counter()
+        maps = fm.unflatten(fm.compute(images))
+        maps_s = time.perf_counter() - started
+        started = time.perf_counter()
+        network, _ = train_network(base, maps[train], colours[train], take(train), config)
+        epoch_s = (time.perf_counter() - started) / args.epochs
+        scores = score_network(network, base, maps[test], colours[test], take(test))
+        tuned = network.backbone(base)
+        tuned.embed(images[:1])
+        started = time.perf_counter()
+        for image in images[:50]:
+            tuned.embed([image])
+        photo_ms = (time.perf_counter() - started) / 50 * 1000
+        rows.append((name, fm.cut, scores, maps_s, epoch_s, photo_ms))
+        print(f"  {name}: done", flush=True)
+
+    print(
+        f"machine: {platform.node()} | {os.cpu_count()} CPUs | commit {git_commit()} | "
+        f"load {load_before:.1f} -> {os.getloadavg()[0]:.1f} | input {args.size} px, "
+        f"{args.epochs} epochs"
+    )
+    header = (
+        f"{'backbone (cut)':<34} {'sub':>6} {'type':>6} {'colour':>6} {'maps s':>7} "
+        f"{'epoch s':>8} {'photo ms':>9} {'epoch vs lite0':>15}"
+    )
+    print(header)
+    print("-" * len(header))
+    base_epoch = rows[0][4]
+    for name, cut, s, maps_s, epoch_s, photo_ms in rows:
+        print(
+            f"{name + ' (' + cut + ')':<34} {100 * s['sub']:6.2f} {100 * s['type']:6.2f} "
+            f"{100 * s['colour']:6.2f} {maps_s:7.0f} {epoch_s:8.0f} {photo_ms:9.1f} "
+            f"{epoch_s / base_epoch:14.2f}x"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
