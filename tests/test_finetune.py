@@ -130,6 +130,19 @@ def test_heads_are_the_trained_classifiers_folded_into_the_embedding(trained):
     np.testing.assert_allclose(heads.heads["colour"].predict(vectors), expected, atol=1e-4)
     answer = heads.predict(vectors[0])
     assert set(answer) == {"sub", "type", "colour"}
+    # the embedding carries the classifiers' probabilities, square-rooted, in its own parts
+    _, type_part, _, colour_part = network.slices()
+    shares = network.config.fusion
+    np.testing.assert_allclose(
+        (vectors[:, type_part] / np.sqrt(shares[1])) ** 2,
+        heads.heads["type"].predict(vectors),
+        atol=1e-4,
+    )
+    np.testing.assert_allclose(
+        (vectors[:, colour_part] / np.sqrt(shares[3])) ** 2,
+        heads.heads["colour"].predict(vectors),
+        atol=1e-4,
+    )
 
 
 def test_network_and_heads_survive_saving(trained, tmp_path):
@@ -165,8 +178,10 @@ def test_a_network_only_runs_on_its_own_base(trained):
 
 def test_bad_arguments():
     tiny = get_backbone("tiny")
-    with pytest.raises(ValueError, match="colour_weight"):
-        TuneConfig(colour_weight=1.0)
+    with pytest.raises(ValueError, match="fusion"):
+        TuneConfig(fusion=(0.5, 0.5, 0.0, 0.0))
+    with pytest.raises(ValueError, match="fusion"):
+        TuneConfig(fusion=(0.5, 0.2, 0.2, 0.2))
     with pytest.raises(ValueError, match="no layer"):
         cut_layer(tiny, TuneConfig(cut="block4_add"))
     maps = np.zeros((4, 2, 16, 16, 16), np.float16)

@@ -247,7 +247,7 @@ def tune_catalog(
     """Tune the configured backbone on the catalogue, embed every product with it, build its
     neighbour lists and (``activate``) serve them."""
     from worker.ml.finetune import FeatureMaps, cut_layer
-    from worker.ml.heads import majority_sub, merge_rare, stratified_split
+    from worker.ml.heads import merge_rare, stratified_split
 
     started = time.perf_counter()
     say = say or (lambda line: logger.info("%s", line))
@@ -292,25 +292,54 @@ def tune_catalog(
         progress=progress_for("training"),
         say=say,
     )
+    say(f"Trained {network.model_id} in {report.seconds:.0f} s.")
+    served = serve_network(
+        network, base, kept, maps, colours, labels, activate=activate, progress_for=progress_for
+    )
+    return {
+        **served,
+        "trained_on": int(len(train)),
+        "validation": {k: round(v, 4) for k, v in report.validation.items()},
+        "epochs": report.epochs,
+        "seconds_maps": round(seconds_maps, 1),
+        "seconds_training": round(report.seconds, 1),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def serve_network(
+    network,
+    base,
+    rows: CatalogueRows,
+    maps: np.ndarray,
+    colours: np.ndarray,
+    labels: dict[str, list],
+    *,
+    activate: bool = True,
+    progress_for: Callable[[str], Progress | None] = lambda stage: None,
+) -> dict[str, Any]:
+    """Save a tuned network with its heads, embed ``rows`` with it from their stored maps,
+    calibrate its thresholds, build its lists and (``activate``) serve them."""
+    from worker.ml.heads import majority_sub
+
     model_id = network.model_id
     network.save(indexing.network_folder(model_id))
-    types, subs = labels["type"], labels["sub"]
-    network.headset(majority_sub(types, subs)).save(indexing.store_for(model_id).path / "heads")
-    say(f"Saved {model_id} ({report.seconds:.0f} s of training).")
-
+    network.headset(majority_sub(labels["type"], labels["sub"])).save(
+        indexing.store_for(model_id).path / "heads"
+    )
     embedder = network.backbone(base)
     store = indexing.store_for(model_id)
     step = 4096
     embed_progress = progress_for("embedding")
-    for start in range(0, len(ids), step):
+    for start in range(0, len(rows.ids), step):
         part = slice(start, start + step)
         store.write_part(
-            ids[part], embedder.embed_maps(maps[part], colours[part]), keys=kept.keys[part]
+            rows.ids[part], embedder.embed_maps(maps[part], colours[part]), keys=rows.keys[part]
         )
         if embed_progress:
-            embed_progress(min(start + step, len(ids)), len(ids))
+            embed_progress(min(start + step, len(rows.ids)), len(rows.ids))
     store.compact()
-    calibration = _calibrate_compare(model_id, store, ids, labels)
+    calibration = _calibrate_compare(model_id, store, rows.ids, labels)
     duplicates = _calibrate_duplicates(model_id, embedder)
     lists = indexing.build_neighbours(
         model_id, activate=activate, progress=progress_for("neighbours")
@@ -318,17 +347,11 @@ def tune_catalog(
     return {
         "model": model_id,
         "base_model": base.model_id,
-        "products": int(len(ids)),
-        "trained_on": int(len(train)),
-        "validation": {k: round(v, 4) for k, v in report.validation.items()},
-        "epochs": report.epochs,
+        "products": int(len(rows.ids)),
         "compare_threshold": calibration,
         "duplicate_threshold": duplicates,
         "activated": activate,
-        "seconds_maps": round(seconds_maps, 1),
-        "seconds_training": round(report.seconds, 1),
         "seconds_neighbours": round(lists.seconds_compute + lists.seconds_write, 1),
-        "seconds": round(time.perf_counter() - started, 1),
     }
 
 

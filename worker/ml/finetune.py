@@ -15,11 +15,15 @@ How, without a GPU:
    shifted at random by a cell, photo or mirror image at random) with three classifiers on
    the unit-normalised pooled features: sub-category, gender + article type, and base colour
    (which also sees the colour descriptor of ``worker.ml.colour``);
-3. the served embedding is the tuned backbone's pooled features, averaged over the photo
-   and its mirror image, unit-normalised, fused with the colour descriptor
-   (``colour_weight`` of the cosine);
-4. the three classifiers are linear in that embedding, so they are saved as photo-search
-   heads (``worker.ml.heads.HeadSet``): a photo search needs one forward pass.
+3. the served embedding concatenates four unit-length parts, each scaled by the square root
+   of its share of the cosine (``fusion``): the tuned backbone's pooled features (averaged
+   over the photo and its mirror image), the square roots of the type classifier's
+   probabilities (their cosine is the Bhattacharyya coefficient of two predictions: same
+   kind of product), the colour descriptor, and the square roots of the colour
+   classifier's probabilities;
+4. the three classifiers are linear in the features and colour descriptor parts, so they
+   are saved as photo-search heads (``worker.ml.heads.HeadSet``) over the embedding: a photo
+   search needs one forward pass.
 
 The tuned network is stored as the weights of the layers above the cut plus the classifiers;
 its model id is ``<base model id>.ft<digest of the weights>``. Training needs Keras; the
@@ -42,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from .colour import ColourDescriptor, fuse
+from .colour import ColourDescriptor
 from .preprocess import ImageSource, iter_square_batches, load_image
 
 logger = logging.getLogger(__name__)
@@ -76,7 +80,9 @@ class TuneConfig:
     dropout: float = 0.3
     shift: int = 1  # maps are shifted at random by up to this many cells
     scale: float = 16.0  # logit scale on the unit-normalised features
-    colour_weight: float = 0.2  # share of the served embedding's cosine given to colour
+    # Shares of the served embedding's cosine: features, type probabilities, colour
+    # descriptor, colour probabilities (see the module docstring).
+    fusion: tuple[float, float, float, float] = (0.3, 0.35, 0.15, 0.2)
     mirror: bool = True  # train on mirror images too; embed as the mean of both
     min_count: int = 10  # classes with fewer examples are merged into "(other)"
     cut: str | None = None  # None: the backbone's CUT_LAYERS entry
@@ -85,8 +91,18 @@ class TuneConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
-        if not 0.0 < self.colour_weight < 1.0:
-            raise ValueError("colour_weight must be between 0 and 1 (both ends excluded)")
+        object.__setattr__(self, "fusion", tuple(float(w) for w in self.fusion))
+        if (
+            len(self.fusion) != 4
+            or min(self.fusion) < 0
+            or abs(sum(self.fusion) - 1.0) > 1e-6
+            or self.fusion[0] == 0
+            or self.fusion[2] == 0
+        ):
+            raise ValueError(
+                "fusion needs four non-negative shares summing to 1, the features' and the "
+                "colour descriptor's above 0"
+            )
         if self.shift < 0 or self.min_count < 1:
             raise ValueError("shift must be >= 0 and min_count >= 1")
 
@@ -221,6 +237,7 @@ class TunedNetwork:
     def digest(self) -> str:
         """Eight hex digits over every weight and class name: the model id's last part."""
         h = hashlib.sha256(self.meta["base_model_id"].encode())
+        h.update(json.dumps(self.meta["config"], sort_keys=True).encode())
         for name in sorted(self.top_weights):
             h.update(name.encode())
             for array in self.top_weights[name]:
@@ -242,21 +259,21 @@ class TunedNetwork:
         """The classifiers as linear heads over the served embedding (``HeadSet``)."""
         from .heads import Head, HeadSet
 
-        feature_dim = int(self.meta["feature_dim"])
-        colour_dim = int(self.meta["colour_dim"])
         config = self.config
-        # The embedding holds sqrt(1 - w) * features and sqrt(w) * colour; the classifiers
-        # were trained on scale * features (and scale * colour): fold both factors in.
-        f_factor = config.scale / np.sqrt(1.0 - config.colour_weight)
-        c_factor = config.scale / np.sqrt(config.colour_weight)
-        dim = feature_dim + colour_dim
+        features, _, colour, _ = self.slices()
+        dim = self.dim
+        # The embedding holds sqrt(share) * each part; the classifiers were trained on
+        # scale * features (and scale * colour descriptor): fold both factors in.
+        f_factor = config.scale / np.sqrt(config.fusion[0])
+        c_factor = config.scale / np.sqrt(config.fusion[2])
+        feature_dim = features.stop - features.start
         heads = {}
         for name in CLASSIFIERS:
             w, b = self.classifiers[name]
             full = np.zeros((dim, w.shape[1]), np.float32)
-            full[:feature_dim] = f_factor * w[:feature_dim]
+            full[features] = f_factor * w[:feature_dim]
             if name == "colour":
-                full[feature_dim:] = c_factor * w[feature_dim:]
+                full[colour] = c_factor * w[feature_dim:]
             heads[name] = Head(
                 name,
                 self.classes[name],
@@ -274,6 +291,50 @@ class TunedNetwork:
             type_to_sub=dict(type_to_sub),
             meta={"network": self.model_id, "validation": self.meta.get("validation", {})},
         )
+
+    def slices(self) -> tuple[slice, slice, slice, slice]:
+        """Where the four parts sit in the embedding: features, type probabilities, colour
+        descriptor, colour probabilities."""
+        sizes = [
+            int(self.meta["feature_dim"]),
+            len(self.classes["type"]),
+            int(self.meta["colour_dim"]),
+            len(self.classes["colour"]),
+        ]
+        ends = np.cumsum(sizes).tolist()
+        starts = [0, *ends[:-1]]
+        return tuple(slice(a, b) for a, b in zip(starts, ends, strict=True))  # type: ignore[return-value]
+
+    @property
+    def dim(self) -> int:
+        """Length of the served embedding."""
+        return self.slices()[-1].stop
+
+    def fuse(self, features: np.ndarray, colours: np.ndarray) -> np.ndarray:
+        """The served embedding from unit pooled features [n, f] and colour descriptors."""
+        config = self.config
+        features = np.asarray(features, np.float32)
+        colours = np.asarray(colours, np.float32)
+        scaled = config.scale * features
+        probabilities = {}
+        for name, x in (
+            ("type", scaled),
+            ("colour", np.concatenate([scaled, config.scale * colours], axis=1)),
+        ):
+            w, b = self.classifiers[name]
+            logits = x @ w + b
+            logits -= logits.max(axis=1, keepdims=True)
+            e = np.exp(logits)
+            probabilities[name] = e / e.sum(axis=1, keepdims=True)
+        parts = (
+            features,
+            np.sqrt(probabilities["type"]),
+            colours,
+            np.sqrt(probabilities["colour"]),
+        )
+        return np.concatenate(
+            [np.sqrt(w) * p for w, p in zip(config.fusion, parts, strict=True)], axis=1
+        ).astype(np.float32)
 
     # -- storage -----------------------------------------------------------------------------
 
@@ -348,7 +409,7 @@ class TunedBackbone:
         self.model_id = network.model_id
         self.config = network.config
         self.cut = network.meta["cut"]
-        self.dim = int(network.meta["feature_dim"]) + int(network.meta["colour_dim"])
+        self.dim = network.dim
         self._colour = ColourDescriptor()
         if self._colour.model_id != network.meta["colour_model_id"]:
             raise ValueError(
@@ -392,7 +453,7 @@ class TunedBackbone:
             x = self.base.prepare(batch)
             views = [x, x[:, :, ::-1]] if self.config.mirror else [x]
             features = self._features(self.model, views)
-            parts.append(fuse(features, self._colour.describe(chunk), self.config.colour_weight))
+            parts.append(self.network.fuse(features, self._colour.describe(chunk)))
         return np.concatenate(parts, axis=0)
 
     def embed_maps(
@@ -404,9 +465,7 @@ class TunedBackbone:
         for start in range(0, len(maps), batch_size):
             m = np.asarray(maps[start : start + batch_size], np.float32)
             features = self._features(self.top, [m[:, v] for v in range(m.shape[1])])
-            out.append(
-                fuse(features, colours[start : start + batch_size], self.config.colour_weight)
-            )
+            out.append(self.network.fuse(features, colours[start : start + batch_size]))
         return np.concatenate(out, axis=0) if out else np.empty((0, self.dim), np.float32)
 
 
