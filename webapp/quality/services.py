@@ -43,7 +43,8 @@ HEAD_DESCRIPTIONS = {
     "colour": "backbone embedding + colour descriptor (weighted)",
     "projection": "projections trained on the frozen embedding (type + colour) + embedding + "
     "colour descriptor",
-    "tuned": "catalogue-tuned backbone (layers above the cut fine-tuned) + colour descriptor",
+    "tuned": "catalogue-tuned backbone: its features, type and colour predictions, colour "
+    "descriptor",
 }
 KINDS = ("leave-one-out", "held-out", "queries")
 RESULT_VERSION = 1
