@@ -34,6 +34,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.bench_embed import git_commit  # noqa: E402
 from worker.ml import evaluation as ev  # noqa: E402
 from worker.ml.backbones import get_backbone  # noqa: E402
 from worker.ml.preprocess import load_image  # noqa: E402
@@ -87,7 +88,10 @@ def main() -> None:
 
     paths, labels = stratified_sample(args.catalog, args.n, args.seed)
     print(f"{len(paths)} photos, stratified by gender + articleType (seed {args.seed})")
-    print(f"machine: {platform.node()}, {os.cpu_count()} cores, load {os.getloadavg()}")
+    print(
+        f"machine: {platform.node()}, {os.cpu_count()} cores, load {os.getloadavg()} | "
+        f"commit {git_commit()}"
+    )
     images = [load_image(p) for p in paths]
     args.cache.mkdir(parents=True, exist_ok=True)
     vectors: dict[str, np.ndarray] = {}
@@ -122,9 +126,10 @@ def main() -> None:
     derived = labels.derived_type
     header = (
         f"{'setting':<16} {'type@.2':>8} {'type@0':>8} {'both@.2':>8} {'both@0':>8} "
-        f"{'P@10 both':>9} {'colour':>7} {'kNN acc':>8} {'photos/s':>9}"
+        f"{'P@10 both':>9} {'colour':>7} {'kNN acc':>8} {'photos/s':>9} {'speed':>6}"
     )
     print(header)
+    base_speed = next(iter(speed.values()), float("nan"))  # the first setting is the baseline
     for name, v in vectors.items():
         recs = ev.leave_one_out(v, rows, 10)
         s = ev.score_rankings(labels, recs, labels, 10, query_in_index=True)
@@ -133,7 +138,8 @@ def main() -> None:
             f"{name:<16} {100 * t['0.2']:8.2f} {100 * t['0']:8.2f} {100 * b['0.2']:8.2f} "
             f"{100 * b['0']:8.2f} {100 * s['precision_at_k']['gender+articleType']:9.2f} "
             f"{s['colour_match_at_k']:7.3f} {100 * knn_accuracy(v, derived):8.2f} "
-            f"{speed.get(name, float('nan')):9.1f}",
+            f"{speed.get(name, float('nan')):9.1f} "
+            f"{speed.get(name, float('nan')) / base_speed:5.2f}x",
             flush=True,
         )
 
