@@ -13,6 +13,7 @@ from worker.ml.finetune import (
     TunedNetwork,
     base_model_id,
     cut_layer,
+    fit_temperature,
     is_tuned_id,
     train_network,
 )
@@ -117,32 +118,72 @@ def test_heads_are_the_trained_classifiers_folded_into_the_embedding(trained):
     )
     unit = features / np.linalg.norm(features, axis=1, keepdims=True)
     scale = network.config.scale
-    for name in ("sub", "type"):
+    t = network.meta["temperatures"]  # fitted on the validation rows
+    assert set(t) == {"sub", "type", "colour"} and all(v > 0 for v in t.values())
+
+    def softmax(logits):
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    inputs = {"sub": unit, "type": unit, "colour": np.concatenate([unit, colours], axis=1)}
+    raw = {}
+    for name, x in inputs.items():
         w, b = network.classifiers[name]
-        logits = scale * unit @ w + b
-        expected = np.exp(logits - logits.max(axis=1, keepdims=True))
-        expected /= expected.sum(axis=1, keepdims=True)
-        np.testing.assert_allclose(heads.heads[name].predict(vectors), expected, atol=1e-4)
-    w, b = network.classifiers["colour"]
-    logits = scale * np.concatenate([unit, colours], axis=1) @ w + b
-    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
-    expected /= expected.sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(heads.heads["colour"].predict(vectors), expected, atol=1e-4)
+        logits = scale * x @ w + b
+        raw[name] = softmax(logits)
+        # the heads: the trained classifier with its calibrated temperature
+        np.testing.assert_allclose(
+            heads.heads[name].predict(vectors), softmax(logits / t[name]), atol=1e-4
+        )
     answer = heads.predict(vectors[0])
     assert set(answer) == {"sub", "type", "colour"}
-    # the embedding carries the classifiers' probabilities, square-rooted, in its own parts
+    # the embedding carries the classifiers' own probabilities, square-rooted, in its parts
     _, type_part, _, colour_part = network.slices()
     shares = network.config.fusion
     np.testing.assert_allclose(
-        (vectors[:, type_part] / np.sqrt(shares[1])) ** 2,
-        heads.heads["type"].predict(vectors),
-        atol=1e-4,
+        (vectors[:, type_part] / np.sqrt(shares[1])) ** 2, raw["type"], atol=1e-4
     )
     np.testing.assert_allclose(
-        (vectors[:, colour_part] / np.sqrt(shares[3])) ** 2,
-        heads.heads["colour"].predict(vectors),
-        atol=1e-4,
+        (vectors[:, colour_part] / np.sqrt(shares[3])) ** 2, raw["colour"], atol=1e-4
     )
+
+
+def test_temperature_calibrates_confidences():
+    rng = np.random.default_rng(0)
+    n, k = 4000, 5
+    y = rng.integers(0, k, n)
+    # Calibrated logits: the right class is drawn with the softmax's own probabilities.
+    logits = rng.normal(0, 2, (n, k))
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = np.asarray([rng.choice(k, p=row) for row in p])
+    assert fit_temperature(logits, y) == pytest.approx(1.0, abs=0.1)
+    # Too timid (logits shrunk by 3): it sharpens; too sure (grown by 3): it softens.
+    assert fit_temperature(logits / 3, y) == pytest.approx(1 / 3, rel=0.1)
+    assert fit_temperature(logits * 3, y) == pytest.approx(3.0, rel=0.1)
+    # Unlabelled rows are left out; none labelled: no change.
+    assert fit_temperature(logits, np.full(n, -1)) == 1.0
+    unlabelled = y.copy()
+    unlabelled[::2] = -1
+    assert fit_temperature(logits / 3, unlabelled) == pytest.approx(1 / 3, rel=0.15)
+
+
+def test_calibration_keeps_every_prediction(trained):
+    tiny, _, _, maps, colours, network, _ = trained
+    vectors = network.backbone(tiny).embed_maps(maps, colours)
+    raw = TunedNetwork(
+        network.top_weights,
+        network.classifiers,
+        network.classes,
+        {k: v for k, v in network.meta.items() if k != "temperatures"},
+    )
+    assert raw.model_id == network.model_id  # the temperatures belong to the heads
+    calibrated, plain = network.headset({}), raw.headset({})
+    assert calibrated.meta["temperatures"] == network.meta["temperatures"]
+    for name in ("sub", "type", "colour"):
+        a, b = calibrated.heads[name].predict(vectors), plain.heads[name].predict(vectors)
+        np.testing.assert_array_equal(a.argmax(axis=1), b.argmax(axis=1))
+        if abs(network.meta["temperatures"][name] - 1) > 0.01:
+            assert not np.allclose(a, b, atol=1e-4)  # only the confidences move
 
 
 def test_network_and_heads_survive_saving(trained, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ def test_tune_trains_embeds_lists_and_switches(tuned):
     assert is_tuned_id(model_id) and base_model_id(model_id) == base_id
     assert f"Tuned model {model_id} (from {base_id})" in output
     assert "Validation accuracy (products held back)" in output
+    assert "Confidence temperatures (calibrated on them): subCategory" in output
     assert "epoch 3/3" in output  # progress per epoch
     assert "Pages and photo search now use it." in output
     with app.app_context():
@@ -144,7 +146,12 @@ def test_evaluation_scores_the_tuned_backbone_beside_the_plain_one(tuned, tmp_pa
         ]
     )
     assert result.exit_code == 0, result.output
-    assert "Tuning the backbone on 36 products" in result.output  # never on the held-out 12
+    # trained on the 36 kept products only (never on the held-out 12), a share of them held
+    # back to validate and calibrate, as `model tune` does
+    tuned = re.search(
+        r"Tuning the backbone on (\d+) products \((\d+) of the kept ones held back", result.output
+    )
+    assert tuned and int(tuned[1]) + int(tuned[2]) == 36 and int(tuned[2]) > 0
     (model,) = json.loads(split.read_text())["models"]
     assert model["queries"] == 12 and model["index"] == 36
     assert model["model_id"] != model_id  # a network of its own, trained on the kept rows

@@ -366,20 +366,28 @@ def tuned_network(
             "cannot be evaluated on them"
         )
     if network is None:
+        # As `model tune` trains: a share of the rows it may see held back to validate and
+        # to calibrate the classifiers' confidences (never a query row).
         tag = hashlib.sha256(
-            (json.dumps(config.as_dict(), sort_keys=True) + _rows_tag(cat.ids[train_rows])).encode()
+            (
+                json.dumps(config.as_dict(), sort_keys=True)
+                + _rows_tag(cat.ids[train_rows])
+                + f"val{tuning.VAL_FRACTION}"
+            ).encode()
         ).hexdigest()[:10]
         folder = _artefact_folder(cat.model_id) / f"network-{tag}"
         if (folder / "meta.json").exists() and not opts.retrain:
             network = TunedNetwork.load(folder)
         else:
+            labels = tuning.catalogue_labels(cat.ids)
+            fit, val = tuning.hold_back(labels["type"], train_rows, tuning.VAL_FRACTION, config)
             if say:
                 say(
-                    f"Tuning the backbone on {len(train_rows)} products ({config.epochs} epochs)..."
+                    f"Tuning the backbone on {len(fit)} products ({len(val)} of the kept ones "
+                    f"held back to validate and calibrate; {config.epochs} epochs)..."
                 )
-            labels = tuning.catalogue_labels(cat.ids)
             network, report = tuning.train_on(
-                base, config, maps, colours, labels, np.asarray(train_rows), say=say
+                base, config, maps, colours, labels, fit, val_rows=val, say=say
             )
             if say:
                 say(f"  trained in {report.seconds:.0f} s.")

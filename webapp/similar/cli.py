@@ -119,7 +119,8 @@ def register(catalog_cli: AppGroup, app) -> None:
         default=0.1,
         show_default=True,
         type=click.FloatRange(0.0, 0.5),
-        help="Share of the products held back to report validation accuracy (0: train on all).",
+        help="Share of the products held back to report validation accuracy and calibrate the "
+        "classifiers' confidences (0: train on all, uncalibrated).",
     )
     @click.option(
         "--no-activate",
@@ -194,6 +195,9 @@ def format_tune_summary(summary: dict) -> str:
     if summary["validation"]:
         figures = ", ".join(f"{names[k]} {100 * v:.2f} %" for k, v in summary["validation"].items())
         lines.append(f"Validation accuracy (products held back): {figures}.")
+    if summary.get("temperatures"):
+        figures = ", ".join(f"{names[k]} {v:.3g}" for k, v in summary["temperatures"].items())
+        lines.append(f"Confidence temperatures (calibrated on them): {figures}.")
     if summary["compare_threshold"] is not None:
         lines.append(f"Compare threshold: score >= {summary['compare_threshold']}.")
     if summary["duplicate_threshold"] is not None:

@@ -40,6 +40,9 @@ Progress = Callable[[int, int], None]
 Say = Callable[[str], None]
 # Products below this cannot teach three classifiers anything worth serving.
 MIN_PRODUCTS = 20
+# Share of the products held back by a tuning run: its validation accuracy and the
+# calibration of its classifiers' confidences.
+VAL_FRACTION = 0.1
 MAP_CHUNK = 512
 # Catalogue photos re-encoded and rescaled to calibrate the duplicate check on.
 DUPLICATE_COPIES = 200
@@ -236,10 +239,27 @@ def train_on(
     )
 
 
+def hold_back(
+    types: list, rows: np.ndarray, fraction: float, config
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) subsets of ``rows``: ``fraction`` of every gender + article type
+    held back (the training reports its accuracy on them and calibrates the classifiers'
+    confidences on them); everything trains when ``fraction`` is 0."""
+    from worker.ml.heads import merge_rare, stratified_split
+
+    rows = np.asarray(rows, np.int64)
+    if fraction <= 0:
+        return rows, np.empty(0, np.int64)
+    strata = merge_rare([types[i] for i in rows.tolist()], config.min_count)
+    strata = np.asarray([s if s is not None else "" for s in strata], dtype=object)
+    train, val = stratified_split(strata, fraction, config.seed)
+    return rows[train], rows[val]
+
+
 def tune_catalog(
     *,
     epochs: int | None = None,
-    val_fraction: float = 0.1,
+    val_fraction: float = VAL_FRACTION,
     activate: bool = True,
     progress_for: Callable[[str], Progress | None] = lambda stage: None,
     say: Say | None = None,
@@ -247,7 +267,6 @@ def tune_catalog(
     """Tune the configured backbone on the catalogue, embed every product with it, build its
     neighbour lists and (``activate``) serve them."""
     from worker.ml.finetune import FeatureMaps, cut_layer
-    from worker.ml.heads import merge_rare, stratified_split
 
     started = time.perf_counter()
     say = say or (lambda line: logger.info("%s", line))
@@ -271,12 +290,7 @@ def tune_catalog(
     labels = catalogue_labels(ids)
     seconds_maps = time.perf_counter() - t0
 
-    train = np.arange(len(ids))
-    val = np.empty(0, np.int64)
-    if val_fraction > 0:
-        strata = merge_rare(labels["type"], config.min_count)
-        strata = np.asarray([s if s is not None else "" for s in strata], dtype=object)
-        train, val = stratified_split(strata, val_fraction, config.seed)
+    train, val = hold_back(labels["type"], np.arange(len(ids)), val_fraction, config)
     say(
         f"Training the layers above {fm.cut} on {len(train)} products ({len(val)} held back "
         f"to validate), {config.epochs} epochs..."
@@ -300,6 +314,7 @@ def tune_catalog(
         **served,
         "trained_on": int(len(train)),
         "validation": {k: round(v, 4) for k, v in report.validation.items()},
+        "temperatures": dict(network.meta.get("temperatures", {})),
         "epochs": report.epochs,
         "seconds_maps": round(seconds_maps, 1),
         "seconds_training": round(report.seconds, 1),

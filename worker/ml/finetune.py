@@ -267,13 +267,18 @@ class TunedNetwork:
         f_factor = config.scale / np.sqrt(config.fusion[0])
         c_factor = config.scale / np.sqrt(config.fusion[2])
         feature_dim = features.stop - features.start
+        # Each classifier's calibrated temperature (fitted on rows it did not learn from, see
+        # ``fit_temperature``) divides its logits, so a confidence reads as a probability of
+        # being right; 1 where none was fitted.
+        temperatures = self.meta.get("temperatures", {})
         heads = {}
         for name in CLASSIFIERS:
             w, b = self.classifiers[name]
+            t = float(temperatures.get(name, 1.0))
             full = np.zeros((dim, w.shape[1]), np.float32)
-            full[features] = f_factor * w[:feature_dim]
+            full[features] = f_factor * w[:feature_dim] / t
             if name == "colour":
-                full[colour] = c_factor * w[feature_dim:]
+                full[colour] = c_factor * w[feature_dim:] / t
             heads[name] = Head(
                 name,
                 self.classes[name],
@@ -281,7 +286,7 @@ class TunedNetwork:
                     "mean": np.zeros(dim, np.float32),
                     "scale": np.ones(dim, np.float32),
                     "w2": full,
-                    "b2": b,
+                    "b2": (b / t).astype(np.float32),
                 },
             )
         return HeadSet(
@@ -289,7 +294,11 @@ class TunedNetwork:
             heads=heads,
             decoding="joint",
             type_to_sub=dict(type_to_sub),
-            meta={"network": self.model_id, "validation": self.meta.get("validation", {})},
+            meta={
+                "network": self.model_id,
+                "validation": self.meta.get("validation", {}),
+                "temperatures": temperatures,
+            },
         )
 
     def slices(self) -> tuple[slice, slice, slice, slice]:
@@ -639,6 +648,7 @@ def train_network(
         report.validation = {
             k: v for k, v in report.epochs[-1].items() if k not in ("epoch", "loss")
         }
+        network.meta["temperatures"] = calibrate(network, backbone, *validation)
     report.seconds = time.perf_counter() - started
     network.meta["training"] = {
         "seconds": round(report.seconds, 1),
@@ -669,4 +679,59 @@ def score_network(
         out[name] = (
             float(np.mean(predicted[known] == truth[known])) if known.any() else float("nan")
         )
+    return out
+
+
+def fit_temperature(log_probs: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T minimising the negative log-likelihood of softmax(log_probs / T)
+    on labelled rows (``y`` class indices; -1 rows are left out); 1 when none is labelled.
+
+    Label smoothing trains a classifier towards 0.9 rather than 1 for the right class, so
+    its raw confidences run low; photo search narrows only when a confidence reaches a
+    threshold, which then means something only once the confidences are calibrated."""
+    log_probs = np.asarray(log_probs, np.float64)
+    y = np.asarray(y, np.int64)
+    known = y >= 0
+    if not known.any():
+        return 1.0
+    z, y = log_probs[known], y[known]
+    z = z - z.max(axis=1, keepdims=True)
+
+    def nll(t: float) -> float:
+        s = z / t
+        s = s - s.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(s).sum(axis=1)) - s[np.arange(len(y)), y]))
+
+    # A coarse grid in log T, then golden-section search around its best point.
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
+    best = int(np.argmin([nll(t) for t in grid]))
+    lo, hi = np.log(grid[max(best - 1, 0)]), np.log(grid[min(best + 1, len(grid) - 1)])
+    ratio = (np.sqrt(5.0) - 1) / 2
+    for _ in range(40):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if nll(float(np.exp(a))) < nll(float(np.exp(b))):
+            hi = b
+        else:
+            lo = a
+    return round(float(np.exp((lo + hi) / 2)), 4)
+
+
+def calibrate(
+    network: TunedNetwork,
+    base: Any,
+    maps: np.ndarray,
+    colours: np.ndarray,
+    labels: Mapping[str, Sequence[str | None]],
+) -> dict[str, float]:
+    """Each classifier's temperature, fitted on labelled maps it was not trained on."""
+    vectors = TunedBackbone(network, base).embed_maps(maps, colours)
+    heads = network.headset({})  # no temperatures yet: the raw classifiers
+    out = {}
+    for name in CLASSIFIERS:
+        classes = network.classes[name]
+        index = {c: i for i, c in enumerate(classes)}
+        other = index.get(OTHER, -1)
+        y = np.asarray([index.get(lab, other) if lab else -1 for lab in labels[name]], np.int64)
+        probs = heads.heads[name].predict(vectors)
+        out[name] = fit_temperature(np.log(np.maximum(probs, 1e-30)), y)
     return out
