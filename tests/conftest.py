@@ -7,6 +7,7 @@ import io
 import os
 import re
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,13 @@ from webapp.models import Product, Role, User
 from webapp.similar import indexing
 
 # PostgreSQL server used for the PostgreSQL runs; each test session gets its own database.
+# The reference catalogue (real photos) the slow tests read in place.
+REFERENCE_CATALOG = Path(
+    os.environ.get(
+        "SHOP_TEST_CATALOG_PATH",
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-small",
+    )
+)
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 

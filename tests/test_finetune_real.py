@@ -5,12 +5,12 @@ ImageNet embedding, trained and measured on the same photos."""
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import REFERENCE_CATALOG
 from worker.ml.backbones import get_backbone
 from worker.ml.colour import ColourDescriptor
 from worker.ml.finetune import FeatureMaps, TuneConfig, cut_layer, score_network, train_network
@@ -21,10 +21,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CATALOG = Path(
-    os.environ.get("SHOP_TEST_CATALOG_PATH", REPO_ROOT.parent / "shared" / "data" / "fashion-small")
-)
+CATALOG = REFERENCE_CATALOG
 # Types that ImageNet features confuse most often in this catalogue.
 TYPES = ("Women|Flats", "Women|Heels", "Men|Casual Shoes", "Men|Sports Shoes")
 TRAIN, TEST = 200, 60

@@ -5,13 +5,13 @@ real catalogue photos, while the same network with shuffled weights is not.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import REFERENCE_CATALOG
 from worker.ml.backbones import get_backbone
 from worker.ml.efficientnet_lite import checkpoint_path
 from worker.ml.imagenet import Classifier, class_names
@@ -23,10 +23,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CATALOG = Path(
-    os.environ.get("SHOP_TEST_CATALOG_PATH", REPO_ROOT.parent / "shared" / "data" / "fashion-small")
-)
+CATALOG = REFERENCE_CATALOG
 
 # ImageNet-1k labels that really name each catalogue kind. ImageNet has no "wristwatch"
 # class: analog wristwatches are labelled with the clock classes, so the timepieces count

@@ -13,6 +13,7 @@ from flask.cli import AppGroup
 
 from webapp import jobs
 from webapp.cli import CliProgress
+from webapp.similar.tuning import VAL_FRACTION
 
 OFFLINE_INPUT_SIZE = 160
 # What each stage of tuning is called on the terminal.
@@ -116,7 +117,7 @@ def register(catalog_cli: AppGroup, app) -> None:
     )
     @click.option(
         "--val-fraction",
-        default=0.1,
+        default=VAL_FRACTION,
         show_default=True,
         type=click.FloatRange(0.0, 0.5),
         help="Share of the products held back to report validation accuracy and calibrate the "

@@ -338,12 +338,10 @@ def serve_network(
     from worker.ml.heads import majority_sub
 
     model_id = network.model_id
-    network.save(indexing.network_folder(model_id))
-    network.headset(majority_sub(labels["type"], labels["sub"])).save(
-        indexing.store_for(model_id).path / "heads"
-    )
-    embedder = network.backbone(base)
     store = indexing.store_for(model_id)
+    network.save(indexing.network_folder(model_id))
+    network.headset(majority_sub(labels["type"], labels["sub"])).save(store.path / "heads")
+    embedder = network.backbone(base)
     step = 4096
     embed_progress = progress_for("embedding")
     for start in range(0, len(rows.ids), step):

@@ -492,16 +492,19 @@ class TuneReport:
     validation: dict[str, float] = field(default_factory=dict)
 
 
+def _class_indices(classes: Sequence[str], labels: Sequence[str | None]) -> np.ndarray:
+    """Each label's class index: a rare label goes to ``(other)`` when there is one; -1 for
+    no label, or for one the classifier cannot name."""
+    index = {c: i for i, c in enumerate(classes)}
+    other = index.get(OTHER, -1)
+    return np.asarray([index.get(lab, other) if lab else -1 for lab in labels], np.int64)
+
+
 def _encode(labels: Sequence[str | None], min_count: int) -> tuple[list[str], np.ndarray]:
-    clean = [lab if lab else None for lab in labels]
-    counts = Counter(lab for lab in clean if lab is not None)
+    counts = Counter(lab for lab in labels if lab)
     common = sorted(lab for lab, n in counts.items() if n >= min_count)
     classes = common + ([OTHER] if len(common) < len(counts) else [])
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.asarray(
-        [-1 if lab is None else index.get(lab, index.get(OTHER, -1)) for lab in clean], np.int64
-    )
-    return classes, y
+    return classes, _class_indices(classes, labels)
 
 
 def train_network(
@@ -659,6 +662,21 @@ def train_network(
     return network, report
 
 
+def _probabilities(
+    network: TunedNetwork, base: Any, maps: np.ndarray, colours: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Each classifier's own probabilities (as served: mirror-averaged, no temperature) for
+    stored maps [n, views, h, w, c]."""
+    vectors = TunedBackbone(network, base).embed_maps(maps, colours)
+    raw = TunedNetwork(
+        network.top_weights,
+        network.classifiers,
+        network.classes,
+        {k: v for k, v in network.meta.items() if k != "temperatures"},
+    ).headset({})
+    return {name: raw.heads[name].predict(vectors) for name in CLASSIFIERS}
+
+
 def score_network(
     network: TunedNetwork,
     base: Any,
@@ -667,12 +685,8 @@ def score_network(
     labels: Mapping[str, Sequence[str | None]],
 ) -> dict[str, float]:
     """Accuracy of each classifier (as served: mirror-averaged, as heads) on labelled maps."""
-    embedder = TunedBackbone(network, base)
-    vectors = embedder.embed_maps(maps, colours)
-    heads = network.headset({})
     out = {}
-    for name in CLASSIFIERS:
-        probs = heads.heads[name].predict(vectors)
+    for name, probs in _probabilities(network, base, maps, colours).items():
         predicted = np.asarray(network.classes[name], dtype=object)[probs.argmax(axis=1)]
         truth = np.asarray([lab if lab else None for lab in labels[name]], dtype=object)
         known = np.asarray([t is not None for t in truth])
@@ -695,11 +709,10 @@ def fit_temperature(log_probs: np.ndarray, y: np.ndarray) -> float:
     if not known.any():
         return 1.0
     z, y = log_probs[known], y[known]
-    z = z - z.max(axis=1, keepdims=True)
+    z = z - z.max(axis=1, keepdims=True)  # each row's largest is 0, so is it in z / t
 
     def nll(t: float) -> float:
         s = z / t
-        s = s - s.max(axis=1, keepdims=True)
         return float(np.mean(np.log(np.exp(s).sum(axis=1)) - s[np.arange(len(y)), y]))
 
     # A coarse grid in log T, then golden-section search around its best point.
@@ -724,14 +737,9 @@ def calibrate(
     labels: Mapping[str, Sequence[str | None]],
 ) -> dict[str, float]:
     """Each classifier's temperature, fitted on labelled maps it was not trained on."""
-    vectors = TunedBackbone(network, base).embed_maps(maps, colours)
-    heads = network.headset({})  # no temperatures yet: the raw classifiers
-    out = {}
-    for name in CLASSIFIERS:
-        classes = network.classes[name]
-        index = {c: i for i, c in enumerate(classes)}
-        other = index.get(OTHER, -1)
-        y = np.asarray([index.get(lab, other) if lab else -1 for lab in labels[name]], np.int64)
-        probs = heads.heads[name].predict(vectors)
-        out[name] = fit_temperature(np.log(np.maximum(probs, 1e-30)), y)
-    return out
+    return {
+        name: fit_temperature(
+            np.log(np.maximum(probs, 1e-30)), _class_indices(network.classes[name], labels[name])
+        )
+        for name, probs in _probabilities(network, base, maps, colours).items()
+    }
