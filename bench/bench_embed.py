@@ -24,8 +24,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from worker.ml.backbones import get_backbone  # noqa: E402
-from worker.ml.preprocess import batch_to_square  # noqa: E402
+from ml.backbones import get_backbone  # noqa: E402
+from ml.preprocess import batch_to_square  # noqa: E402
 
 DEFAULT_CATALOG = REPO_ROOT.parent / "shared" / "data" / "fashion-small"
 # (backbone, input size, weights); the last one is the baseline for the ratio column.

@@ -35,9 +35,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.bench_embed import git_commit  # noqa: E402
-from worker.ml import evaluation as ev  # noqa: E402
-from worker.ml.backbones import get_backbone  # noqa: E402
-from worker.ml.preprocess import load_image  # noqa: E402
+from ml import evaluation as ev  # noqa: E402
+from ml.backbones import get_backbone  # noqa: E402
+from ml.preprocess import load_image  # noqa: E402
 
 DEFAULT_CATALOG = REPO_ROOT.parent / "shared" / "data" / "fashion-small"
 

@@ -206,7 +206,7 @@ def scratch_redis(url: str):
 
 def serve_model(client, model_id: str, ids: np.ndarray) -> None:
     """Make ``model_id`` the served one in the scratch database (photo search only needs that)."""
-    from worker.ml.cache import NeighbourCache
+    from ml.cache import NeighbourCache
 
     cache = NeighbourCache(client)
     cache.write_index(model_id, ids, np.zeros(len(ids), np.float32), k=1, complete=True)
@@ -228,7 +228,7 @@ def run_backbone(name: str, args, dev_config: dict, lite0_id: str, ids: np.ndarr
     """Start the stack for one backbone, time the uploads, return the figures."""
     import requests
 
-    from worker.ml.store import EmbeddingStore
+    from ml.store import EmbeddingStore
 
     work = Path(tempfile.mkdtemp(prefix=f"bench-search-{name}-"))
     client = scratch_redis(args.redis_url)
@@ -324,10 +324,10 @@ def main() -> int:
     if args.uploads < 1:
         parser.error("--uploads must be at least 1")
 
+    from ml.finetune import base_model_id
+    from ml.store import EmbeddingStore
     from webapp import create_app
     from webapp.similar.indexing import neighbour_cache
-    from worker.ml.finetune import base_model_id
-    from worker.ml.store import EmbeddingStore
 
     dev = create_app()
     with dev.app_context():

@@ -62,7 +62,7 @@ def bench_embedding(
 
 def bench_neighbours(vectors: np.ndarray, k: int) -> dict[str, float]:
     """Full blocked build time, and a naive per-row full sort timed on a sample."""
-    from worker.ml.neighbours import all_neighbours
+    from ml.neighbours import all_neighbours
 
     t0 = time.perf_counter()
     idx, scores = all_neighbours(vectors, k)
@@ -79,8 +79,8 @@ def bench_neighbours(vectors: np.ndarray, k: int) -> dict[str, float]:
 
 def bench_redis_write(app, ids: np.ndarray, idx: np.ndarray, scores: np.ndarray) -> float:
     """Seconds to write every list with pipelined SETs (under a scratch prefix, then removed)."""
+    from ml.cache import NeighbourCache
     from webapp.extensions import get_redis
-    from worker.ml.cache import NeighbourCache
 
     with app.app_context():
         cache = NeighbourCache(get_redis(), prefix="bench")

@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     from wsgi import app
 
     with app.app_context():
+        from ml.finetune import FeatureMaps, TunedNetwork, train_network
         from webapp.similar import indexing, tuning
-        from worker.ml.finetune import FeatureMaps, TunedNetwork, train_network
 
         base = indexing.load_backbone(tuned=False)
         folder = indexing.newest_network(base.model_id)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.ml import evaluation as ev
-from worker.ml.colour import ColourDescriptor, foreground_pixels, fuse, srgb_to_lab
-from worker.ml.projection import FusionWeights, Projection
+from ml import evaluation as ev
+from ml.colour import ColourDescriptor, foreground_pixels, fuse, srgb_to_lab
+from ml.projection import FusionWeights, Projection
 
 
 def unit(rows) -> np.ndarray:
@@ -179,7 +179,7 @@ def test_a_separate_colour_threshold():
 
 
 def test_ensemble_averages_heads_and_projection():
-    from worker.ml.heads import Head, HeadSet
+    from ml.heads import Head, HeadSet
 
     p = tiny_projection()  # type classes Men|A, Men|B; colours Red, Blue, X
     rng = np.random.default_rng(2)

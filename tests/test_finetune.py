@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worker.ml.backbones import get_backbone
-from worker.ml.colour import ColourDescriptor
-from worker.ml.finetune import (
+from ml.backbones import get_backbone
+from ml.colour import ColourDescriptor
+from ml.finetune import (
     FeatureMaps,
     TuneConfig,
     TunedNetwork,
@@ -17,7 +17,7 @@ from worker.ml.finetune import (
     is_tuned_id,
     train_network,
 )
-from worker.ml.heads import Head, HeadSet
+from ml.heads import Head, HeadSet
 
 COLOURS = {"Red": (200, 30, 30), "Blue": (30, 30, 200), "Green": (30, 160, 40)}
 SHAPES = {"Men|Shirts": "Topwear", "Women|Jeans": "Bottomwear"}

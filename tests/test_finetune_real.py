@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ml.backbones import get_backbone
+from ml.colour import ColourDescriptor
+from ml.finetune import FeatureMaps, TuneConfig, cut_layer, score_network, train_network
+from ml.heads import TrainConfig, fit_head
 from tests.conftest import REFERENCE_CATALOG
-from worker.ml.backbones import get_backbone
-from worker.ml.colour import ColourDescriptor
-from worker.ml.finetune import FeatureMaps, TuneConfig, cut_layer, score_network, train_network
-from worker.ml.heads import TrainConfig, fit_head
 
 pytestmark = [
     pytest.mark.slow,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worker.ml import calibration
-from worker.ml.heads import (
+from ml import calibration
+from ml.heads import (
     OTHER,
     Head,
     HeadSet,
@@ -200,7 +200,7 @@ def test_calibrate_stores_and_loads_with_the_model(tmp_path):
 
 
 def test_blas_threads_are_limited_inside_the_block_and_restored_after():
-    from worker.ml.blas import blas_threads, current_threads
+    from ml.blas import blas_threads, current_threads
 
     before = current_threads()
     with blas_threads(1):

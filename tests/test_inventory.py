@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from ml.neighbours import all_neighbours
 from tests.conftest import add_product, save_photo
 from tests.inventory_data import build_upload, photo_bytes, reencoded
 from webapp.extensions import db
@@ -24,7 +25,6 @@ from webapp.inventory.upkeep import update_products
 from webapp.models import ImportJob, Product, ProductImageHash
 from webapp.similar import indexing
 from worker import tasks
-from worker.ml.neighbours import all_neighbours
 
 LIMITS = ZipLimits(max_uncompressed=50 * 1024 * 1024, max_ratio=100)
 

@@ -13,6 +13,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
+from ml.neighbours import all_neighbours
 from tests.conftest import TEST_REDIS_URL, AuthActions, _make_app, add_product, save_photo
 from tests.inventory_data import build_upload, photo_bytes
 from tests.worker_process import WorkerProcess
@@ -20,7 +21,6 @@ from webapp.extensions import db
 from webapp.inventory import jobs as import_jobs
 from webapp.models import ImportJob, Product
 from webapp.similar import indexing
-from worker.ml.neighbours import all_neighbours
 
 # This test session's own Redis database (see conftest): no other run flushes it.
 REDIS_URL = TEST_REDIS_URL

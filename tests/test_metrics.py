@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from worker.ml import metrics
+from ml import metrics
 
 # Three queries, k = 10, labelled on one feature.
 #   q0 "Shirts": 10 of 10 recommendations are Shirts   -> accuracy 1.0, error 0.0

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.ml.backbones import (
+from ml.backbones import (
     MODEL_ID_RE,
     WeightsUnavailable,
     get_backbone,
     resnet50_weights_status,
 )
-from worker.ml.efficientnet_lite import checkpoint_path
-from worker.ml.torch_checkpoint import CheckpointError, load_legacy_checkpoint
+from ml.efficientnet_lite import checkpoint_path
+from ml.torch_checkpoint import CheckpointError, load_legacy_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def test_tiny_is_deterministic_across_processes(tiny, tmp_path):
         img.save(paths[-1])
     out = tmp_path / "emb.npy"
     code = (
-        "import sys, numpy as np; from worker.ml.backbones import get_backbone; "
+        "import sys, numpy as np; from ml.backbones import get_backbone; "
         "np.save(sys.argv[1], get_backbone('tiny').embed(sys.argv[2:]))"
     )
     subprocess.run(
@@ -311,7 +311,7 @@ def test_lite0_converts_once_and_reloads_from_the_cache(tmp_path):
         img.save(paths[-1])
     out = tmp_path / "emb.npy"
     code = (
-        "import sys, numpy as np; from worker.ml.backbones import get_backbone; "
+        "import sys, numpy as np; from ml.backbones import get_backbone; "
         "b = get_backbone('efficientnet_lite0', input_size=96, cache_dir=sys.argv[2]); "
         "np.save(sys.argv[1], b.embed(sys.argv[3:]))"
     )
@@ -424,7 +424,7 @@ def test_resnet50_imagenet_either_loads_or_explains_in_one_line():
 
 
 def test_larger_lite_variants_scale_depth_and_width_as_their_checkpoints_do():
-    from worker.ml.efficientnet_lite import block_specs
+    from ml.efficientnet_lite import block_specs
 
     # Read off the Lite1 and Lite2 checkpoints: 21 blocks, stages of 1, 3, 3, 4, 4, 5, 1.
     for variant, outs in (
@@ -444,8 +444,8 @@ def test_larger_lite_variants_scale_depth_and_width_as_their_checkpoints_do():
 
 @pytest.mark.parametrize("variant", ["efficientnet_lite1", "efficientnet_lite2"])
 def test_larger_lite_variants_load_their_checkpoints_or_say_what_to_install(variant, tmp_path):
-    from worker.ml.backbones import WeightsUnavailable
-    from worker.ml.efficientnet_lite import checkpoint_path as lite_checkpoint
+    from ml.backbones import WeightsUnavailable
+    from ml.efficientnet_lite import checkpoint_path as lite_checkpoint
 
     try:
         lite_checkpoint(variant)
@@ -461,7 +461,7 @@ def test_larger_lite_variants_load_their_checkpoints_or_say_what_to_install(vari
 def test_a_missing_lite_package_is_named(monkeypatch, tmp_path):
     import importlib
 
-    from worker.ml.backbones import WeightsUnavailable
+    from ml.backbones import WeightsUnavailable
 
     real = importlib.import_module
 

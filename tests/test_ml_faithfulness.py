@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ml.backbones import get_backbone
+from ml.efficientnet_lite import checkpoint_path
+from ml.imagenet import Classifier, class_names
+from ml.preprocess import batch_to_square
+from ml.torch_checkpoint import load_legacy_checkpoint
 from tests.conftest import REFERENCE_CATALOG
-from worker.ml.backbones import get_backbone
-from worker.ml.efficientnet_lite import checkpoint_path
-from worker.ml.imagenet import Classifier, class_names
-from worker.ml.preprocess import batch_to_square
-from worker.ml.torch_checkpoint import load_legacy_checkpoint
 
 pytestmark = [
     pytest.mark.slow,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import redis
 
+from ml.cache import NeighbourCache, decode, encode
+from ml.neighbours import all_neighbours, query, top_k_rows
 from tests.conftest import TEST_REDIS_URL
-from worker.ml.cache import NeighbourCache, decode, encode
-from worker.ml.neighbours import all_neighbours, query, top_k_rows
 
 
 def unit(rows, dim=16, seed=0):

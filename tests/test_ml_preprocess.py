@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from worker.ml.preprocess import batch_to_square, iter_square_batches, load_image, to_square
+from ml.preprocess import batch_to_square, iter_square_batches, load_image, to_square
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -28,8 +28,8 @@ def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
 
 def test_importing_the_package_does_not_import_tensorflow():
     code = (
-        "import sys, worker.ml.preprocess, worker.ml.backbones, worker.ml.imagenet, "
-        "worker.ml.torch_checkpoint, worker.ml.efficientnet_lite; "
+        "import sys, ml.preprocess, ml.backbones, ml.imagenet, "
+        "ml.torch_checkpoint, ml.efficientnet_lite; "
         "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     )
     out = subprocess.run(

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from worker.ml.store import EmbeddingStore
+from ml.store import EmbeddingStore
 
 
 def unit(rows: int, dim: int = 8, seed: int = 0) -> np.ndarray:
@@ -45,7 +45,7 @@ def test_compaction_crash_leaves_store_readable(tmp_path, monkeypatch):
     store.write_part([3], unit(1, seed=1), keys=["z"])
     before = store.ids().tolist()
 
-    import worker.ml.store as mod
+    import ml.store as mod
 
     real = mod._atomic_save
 
@@ -86,7 +86,7 @@ def test_dimension_without_applying_every_part(tmp_path, monkeypatch):
     assert store.dim() == 6
     store.compact()
     fresh = EmbeddingStore(tmp_path, "m")
-    import worker.ml.store as mod
+    import ml.store as mod
 
     def no_apply(*args, **kwargs):
         raise AssertionError("writing a part must not fold every part in")

@@ -18,13 +18,13 @@ import pytest
 import redis
 from PIL import Image, ImageDraw
 
+from ml.heads import Prediction
 from tests.conftest import TEST_REDIS_URL, _make_app, add_product
 from webapp.extensions import db
 from webapp.models import Product
 from webapp.preferences import Preferences
 from webapp.search import pipeline, services
 from webapp.similar import indexing
-from worker.ml.heads import Prediction
 
 ROOT = Path(__file__).resolve().parent.parent
 RGB = {"Red": (200, 30, 30), "Blue": (30, 30, 200), "Black": (20, 20, 20)}

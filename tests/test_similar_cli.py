@@ -20,7 +20,7 @@ def test_write_setting_replaces_or_appends(tmp_path):
 
 @pytest.mark.parametrize("available", [True, False])
 def test_check_backbone(app, tmp_path, monkeypatch, available):
-    import worker.ml.backbones as backbones
+    import ml.backbones as backbones
 
     app.instance_path = str(tmp_path)
     monkeypatch.setattr(

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ml.neighbours import all_neighbours
 from tests.conftest import add_product, save_photo
 from webapp.extensions import db
 from webapp.models import Product
 from webapp.similar import indexing
-from worker.ml.neighbours import all_neighbours
 
 
 def all_lists(cache, model_id, ids):

@@ -8,9 +8,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ml.neighbours import all_neighbours, query
 from webapp.preferences import Preferences
 from webapp.similar.selection import choose
-from worker.ml.neighbours import all_neighbours, query
 
 COLOURS = ["Red", "Blue", "Black", "White"]
 GENDERS = ["Men", "Women", "Unisex"]

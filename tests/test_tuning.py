@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ml.finetune import TunedBackbone, base_model_id, is_tuned_id
 from tests.conftest import add_product, save_photo, write_query_folder
 from webapp.similar import indexing
-from worker.ml.finetune import TunedBackbone, base_model_id, is_tuned_id
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ def register(model_cli: AppGroup, app: Flask) -> None:
     ) -> None:
         """Train the photo search heads (sub-category, gender + type, colour) and calibrate
         the compare threshold on a model's embeddings; print validation accuracy and F1."""
-        from worker.ml.heads import TrainConfig, train_heads
+        from ml.heads import TrainConfig, train_heads
 
         model_id, ids, vectors = _embeddings(model_id)
         labels = _labels(ids)
@@ -139,8 +139,8 @@ def _labels(ids: np.ndarray) -> dict[str, list[str | None]]:
 
 def _calibrate(model_id, ids, vectors, labels, target_precision: float, seed: int) -> None:
     """Calibrate and store the compare threshold; print how it was derived."""
+    from ml.calibration import calibrate, save_calibration
     from webapp.similar.indexing import store_for
-    from worker.ml.calibration import calibrate, save_calibration
 
     started = time.perf_counter()
     keys = [

@@ -17,11 +17,11 @@ import numpy as np
 from flask import current_app
 from sqlalchemy import func, select
 
+from ml.cache import NeighbourCache
 from webapp import jobs
 from webapp.extensions import db, get_redis
 from webapp.inventory.calibration import calibration_info, threshold_for
 from webapp.models import Product
-from worker.ml.cache import NeighbourCache
 
 logger = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ import numpy as np
 from flask import current_app
 from sqlalchemy import select
 
+from ml.neighbours import top_k_rows
 from webapp.extensions import db
 from webapp.media import image_file
 from webapp.models import Product
 from webapp.similar import indexing
-from worker.ml.neighbours import top_k_rows
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Plan:
 
 def _read_image(path):
     """Decode a photo for the backbone, as the indexing service does."""
-    from worker.ml.preprocess import load_image
+    from ml.preprocess import load_image
 
     if path is None:
         raise ValueError("no photo path")

@@ -8,9 +8,9 @@ import click
 from flask import Flask
 from flask.cli import AppGroup
 
+from ml.evaluation import FEATURES, REFERENCE_NAME, REFERENCE_TABLE
+from ml.metrics import TOLERANCES, tolerance_key
 from webapp.quality import services
-from worker.ml.evaluation import FEATURES, REFERENCE_NAME, REFERENCE_TABLE
-from worker.ml.metrics import TOLERANCES, tolerance_key
 
 
 def register(model_cli: AppGroup, app: Flask) -> None:

@@ -3,8 +3,8 @@
 Loads a model's stored embeddings and the catalogue's labels, builds each evaluated model's
 vectors (``plain``: the backbone embedding; ``colour``: fused with the colour descriptor;
 ``projection``: projections trained on the frozen embedding; ``tuned``: the catalogue-tuned
-backbone, ``worker.ml.finetune``), ranks the queries the way a product page or a photo search
-does, scores the rankings (``worker.ml.evaluation``) and stores the result as JSON beside the
+backbone, ``ml.finetune``), ranks the queries the way a product page or a photo search
+does, scores the rankings (``ml.evaluation``) and stores the result as JSON beside the
 model's embeddings for the Quality page. Runs in the CLI, never in a page.
 """
 
@@ -28,12 +28,12 @@ import numpy as np
 from flask import current_app
 from sqlalchemy import select
 
+from ml import evaluation as ev
+from ml.colour import ColourDescriptor, fuse
 from webapp.extensions import db
 from webapp.media import image_file
 from webapp.models import Product
 from webapp.similar.indexing import image_key, store_for
-from worker.ml import evaluation as ev
-from worker.ml.colour import ColourDescriptor, fuse
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +149,8 @@ def resolve_model(name: str | None) -> str:
 def resolve_model_and_network(name: str | None) -> tuple[str, str | None]:
     """(base model id, tuned model id or None) for ``--model``: a tuned id evaluates its base
     beside it; a base id (or none: the served model) brings the newest network tuned on it."""
+    from ml.finetune import base_model_id, is_tuned_id
     from webapp.similar import indexing
-    from worker.ml.finetune import base_model_id, is_tuned_id
 
     model_id = resolve_model(name)
     if is_tuned_id(model_id):
@@ -231,7 +231,7 @@ def trained_projection(
     cat: Catalogue, colours: np.ndarray, train_rows: np.ndarray, *, retrain: bool, say: Say | None
 ):
     """The projection trained on ``train_rows`` only (cached per model and row set)."""
-    from worker.ml.projection import Projection, ProjectionConfig, train_projection
+    from ml.projection import Projection, ProjectionConfig, train_projection
 
     config = ProjectionConfig()
     tag = hashlib.sha256(
@@ -259,7 +259,7 @@ def trained_projection(
 def split_heads(cat: Catalogue, train_rows: np.ndarray, *, retrain: bool, say: Say | None):
     """Photo-search heads trained on ``train_rows`` only, as ``flask model train`` trains them
     (cached per model and row set)."""
-    from worker.ml.heads import HeadSet, derived_type, train_heads
+    from ml.heads import HeadSet, derived_type, train_heads
 
     folder = _artefact_folder(cat.model_id) / f"heads-{_rows_tag(cat.ids[train_rows])}"
     if (folder / "meta.json").exists() and not retrain:
@@ -287,7 +287,7 @@ def split_heads(cat: Catalogue, train_rows: np.ndarray, *, retrain: bool, say: S
 
 def served_heads(model_id: str):
     """The heads photo search uses for this model (trained on the whole catalogue), or None."""
-    from worker.ml.heads import HeadSet
+    from ml.heads import HeadSet
 
     try:
         return HeadSet.load(store_for(model_id).path / "heads")
@@ -296,7 +296,7 @@ def served_heads(model_id: str):
 
 
 def _type_to_sub(labels: ev.Labels) -> dict[str, str]:
-    from worker.ml.heads import majority_sub
+    from ml.heads import majority_sub
 
     return majority_sub(list(labels.derived_type), list(labels.sub_category))
 
@@ -332,8 +332,8 @@ def tuned_network(
     """(network, its embedding of every catalogue row): for leave-one-out the served (or
     newest) network of the base model, otherwise one trained on ``train_rows`` only, as
     ``flask model tune`` trains (cached per model, settings and row set)."""
+    from ml.finetune import FeatureMaps, TunedNetwork, cut_layer
     from webapp.similar import indexing, tuning
-    from worker.ml.finetune import FeatureMaps, TunedNetwork, cut_layer
 
     base = backbone_for(cat.model_id)
     if base is None:
@@ -420,7 +420,7 @@ def build_model(
         )
     if head == "projection":
         projection = trained_projection(cat, colours, train_rows, retrain=opts.retrain, say=say)
-        from worker.ml.projection import FusionWeights
+        from ml.projection import FusionWeights
 
         weights = FusionWeights()
         return Built(
@@ -660,7 +660,7 @@ def _latency(cat, built, headset, index_labels, opts, policy, photos, groups) ->
     photos = [p for p in photos if p is not None][: opts.latency_sample]
     if not photos:
         return {}
-    from worker.ml.preprocess import load_image
+    from ml.preprocess import load_image
 
     backbone = built.embedder or backbone_for(cat.model_id)
     if backbone is None:
@@ -680,7 +680,7 @@ def _latency(cat, built, headset, index_labels, opts, policy, photos, groups) ->
             if built.head == "colour":
                 q = fuse(e, c, opts.colour_weight)
             else:
-                from worker.ml.projection import FusionWeights
+                from ml.projection import FusionWeights
 
                 q = built.projection.retrieval_vectors(e, c, FusionWeights())
         preds = ev.head_predictions(heads, e) if heads is not None else [ev.Prediction()]
@@ -748,7 +748,7 @@ def _run_queries(cat: Catalogue, colours, opts: Options, say: Say | None) -> dic
     backbone = backbone_for(cat.model_id)
     if backbone is None:
         raise EvaluationError(f"The backbone of {cat.model_id} cannot be built here.")
-    from worker.ml.preprocess import load_image
+    from ml.preprocess import load_image
 
     if say:
         say(f"Embedding {len(photos)} query photos with {cat.model_id}...")

@@ -8,11 +8,11 @@ from typing import Any
 from flask import Blueprint, render_template
 from markupsafe import Markup
 
+from ml.evaluation import FEATURES, REFERENCE_NAME, REFERENCE_TABLE
+from ml.metrics import TOLERANCES, tolerance_key
 from webapp.admin.views import require_admin
 from webapp.quality import services
 from webapp.quality.charts import Series, legend_classes, line_chart
-from worker.ml.evaluation import FEATURES, REFERENCE_NAME, REFERENCE_TABLE
-from worker.ml.metrics import TOLERANCES, tolerance_key
 
 bp = Blueprint("quality", __name__)
 # The same rule as every admin page: sign in first, admins only.

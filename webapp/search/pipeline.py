@@ -33,6 +33,7 @@ import numpy as np
 from flask import current_app
 from sqlalchemy import select
 
+from ml.blas import blas_threads
 from webapp.extensions import db
 from webapp.models import Product
 from webapp.preferences import Preferences
@@ -40,7 +41,6 @@ from webapp.search import services
 from webapp.similar import indexing
 from webapp.similar.services import eligible_clauses
 from webapp.uploads import media_file_path
-from worker.ml.blas import blas_threads
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def catalogue_index(model_id: str) -> CatalogueIndex:
 
 def heads_for(model_id: str):
     """The model's classifier heads (reloaded when retrained), or None when not trained."""
-    from worker.ml.heads import HeadSet
+    from ml.heads import HeadSet
 
     folder = indexing.store_for(model_id).path / "heads"
     try:
@@ -151,7 +151,7 @@ def _read_photo(relative: str, size: int):
     """
     from PIL import Image, UnidentifiedImageError
 
-    from worker.ml.preprocess import load_image
+    from ml.preprocess import load_image
 
     path = media_file_path(relative, current_app.config["MEDIA_FOLDER"])
     if path is None:
@@ -333,7 +333,7 @@ def search_photo(
 
 def compare_photos(relative_paths: list[str], model: str | None) -> dict[str, Any]:
     """Score how alike two uploaded photos are, with the model's calibrated threshold."""
-    from worker.ml.calibration import cosine_to_score, load_calibration
+    from ml.calibration import cosine_to_score, load_calibration
 
     started = time.perf_counter()
     cfg = current_app.config

@@ -87,8 +87,8 @@ def register(catalog_cli: AppGroup, app) -> None:
         """Show the served model, its list count and any index job in flight."""
         from celery.result import AsyncResult
 
+        from ml.cache import NeighbourCache
         from webapp.extensions import get_redis
-        from worker.ml.cache import NeighbourCache
         from worker.tasks import INDEX_JOB
 
         cache = NeighbourCache(get_redis())
@@ -164,7 +164,7 @@ def register(catalog_cli: AppGroup, app) -> None:
         if cfg["EMBEDDING_BACKBONE"] != "resnet50":
             click.echo(f"Backbone: {cfg['EMBEDDING_BACKBONE']}.")
             return
-        from worker.ml.backbones import resnet50_weights_status
+        from ml.backbones import resnet50_weights_status
 
         ok, reason = resnet50_weights_status(cfg["RESNET50_WEIGHTS"])
         if ok:

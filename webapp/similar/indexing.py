@@ -22,12 +22,12 @@ import numpy as np
 from flask import current_app
 from sqlalchemy import select
 
+from ml.cache import NeighbourCache
+from ml.neighbours import all_neighbours, top_k_rows
+from ml.store import EmbeddingStore
 from webapp.extensions import db, get_redis
 from webapp.media import image_file
 from webapp.models import Product
-from worker.ml.cache import NeighbourCache
-from worker.ml.neighbours import all_neighbours, top_k_rows
-from worker.ml.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def load_backbone(tuned: bool = True):
     """The configured embedder: the catalogue-tuned backbone ``EMBEDDING_TUNED`` selects
     (``auto``: the newest one tuned for the configured backbone), else the plain backbone.
     ``tuned=False`` always gives the plain one. Built once per process."""
-    from worker.ml.backbones import get_backbone
+    from ml.backbones import get_backbone
 
     cfg = current_app.config
     base = get_backbone(
@@ -62,7 +62,7 @@ def load_backbone(tuned: bool = True):
     if choice == "auto":
         folder = newest_network(base.model_id)
         return base if folder is None else _tuned_backbone(folder, base)
-    from worker.ml.finetune import base_model_id
+    from ml.finetune import base_model_id
 
     if base_model_id(choice) != base.model_id:
         raise ModelUnavailable(
@@ -81,7 +81,7 @@ def newest_network(base_id: str):
     """The folder of the newest network tuned from ``base_id``, or None."""
     from pathlib import Path
 
-    from worker.ml.finetune import TUNED_MARK
+    from ml.finetune import TUNED_MARK
 
     found = []
     for meta in Path(current_app.config["MODEL_FOLDER"]).glob(
@@ -99,7 +99,7 @@ _tuned_cache: dict[str, tuple[float, object]] = {}
 
 def _tuned_backbone(folder, base):
     """The tuned backbone saved in ``folder`` on top of ``base``, cached per process."""
-    from worker.ml.finetune import TunedNetwork
+    from ml.finetune import TunedNetwork
 
     try:
         mtime = (folder / "meta.json").stat().st_mtime
@@ -120,8 +120,8 @@ def backbone_for(model_id: str):
     """The embedder whose vectors carry ``model_id``: the configured one, or one rebuilt
     from the id (backbone name, weights, input size, pooling, tuned network); raises
     ``ModelUnavailable`` saying why when this install cannot run it."""
-    from worker.ml.backbones import BACKBONE_NAMES, get_backbone
-    from worker.ml.finetune import base_model_id, is_tuned_id
+    from ml.backbones import BACKBONE_NAMES, get_backbone
+    from ml.finetune import base_model_id, is_tuned_id
 
     try:
         configured = load_backbone()
@@ -239,7 +239,7 @@ def embed_catalog(
 
 def _read_image(path):
     """Decode a photo for the backbone (RGB, orientation applied)."""
-    from worker.ml.preprocess import load_image
+    from ml.preprocess import load_image
 
     if path is None:
         raise ValueError("no photo path")

@@ -10,14 +10,14 @@ from flask import current_app
 from redis.exceptions import RedisError
 from sqlalchemy import or_, select
 
+from ml.cache import NeighbourCache
+from ml.neighbours import query as nearest
+from ml.store import EmbeddingStore
 from webapp.extensions import db, get_redis
 from webapp.models import Product
 from webapp.preferences import Preferences
 from webapp.shop.services import active_product_clauses, preference_clauses
 from webapp.similar.selection import choose, reasons
-from worker.ml.cache import NeighbourCache
-from worker.ml.neighbours import query as nearest
-from worker.ml.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 

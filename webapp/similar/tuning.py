@@ -5,7 +5,7 @@ One job, in workers (or the CLI), never in pages:
 1. feature maps of every catalogue photo (and its mirror image) at the backbone's cut layer,
    kept in a half-float store and redone only for photos that changed;
 2. colour descriptors, kept the same way;
-3. the layers above the cut trained on the catalogue's labels (``worker.ml.finetune``), a
+3. the layers above the cut trained on the catalogue's labels (``ml.finetune``), a
    stratified share of the products held back to report validation accuracy;
 4. the tuned network saved under its own model id with its photo-search heads, every
    product embedded with it (from the stored maps), the compare threshold calibrated, the
@@ -85,7 +85,7 @@ def _refresh(
     """Bring a per-photo store up to date with ``rows``: compute what is missing or changed
     and (``prune``: ``rows`` is the whole catalogue) drop products that left; returns the ids
     whose photo could not be read."""
-    from worker.ml.preprocess import load_image
+    from ml.preprocess import load_image
 
     stored = store.keys_by_id()
     wanted = dict(zip(rows.ids.tolist(), rows.keys, strict=True))
@@ -129,7 +129,7 @@ def colour_descriptors(
 ) -> np.ndarray:
     """Colour descriptors float32 [n, d] of the rows' photos, kept in their own store (model
     id ``colour-lab320-v1``, keyed by photo digest); zeros for an unreadable photo."""
-    from worker.ml.colour import ColourDescriptor
+    from ml.colour import ColourDescriptor
 
     descriptor = ColourDescriptor()
     store = indexing.store_for(descriptor.model_id)
@@ -150,7 +150,7 @@ def feature_maps(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(row numbers with maps, maps float16 [m, views, h, w, c]) of the rows' photos, from the
     half-float store of the backbone's cut layer, computed where missing or changed."""
-    from worker.ml.store import EmbeddingStore
+    from ml.store import EmbeddingStore
 
     store = EmbeddingStore(current_app.config["MODEL_FOLDER"], fm.store_id, dtype=np.float16)
     batch = current_app.config["EMBEDDING_BATCH_SIZE"]
@@ -174,7 +174,7 @@ def feature_maps(
 
 def catalogue_labels(ids: np.ndarray) -> dict[str, list[str | None]]:
     """The three classifiers' labels per product id (None where unknown)."""
-    from worker.ml.heads import derived_type
+    from ml.heads import derived_type
 
     rows = {
         r.id: r
@@ -204,7 +204,7 @@ def _take(labels: dict[str, list], rows: np.ndarray) -> dict[str, list]:
 
 def tune_config(epochs: int | None = None):
     """The tuning settings: the code's defaults with the configured number of epochs."""
-    from worker.ml.finetune import TuneConfig
+    from ml.finetune import TuneConfig
 
     return TuneConfig(epochs=epochs or int(current_app.config["TUNE_EPOCHS"]))
 
@@ -222,7 +222,7 @@ def train_on(
     say: Say | None = None,
 ):
     """Train a network on ``rows`` only (scored after each epoch on ``val_rows``)."""
-    from worker.ml.finetune import train_network
+    from ml.finetune import train_network
 
     validation = None
     if val_rows is not None and len(val_rows):
@@ -245,7 +245,7 @@ def hold_back(
     """(train, validation) subsets of ``rows``: ``fraction`` of every gender + article type
     held back (the training reports its accuracy on them and calibrates the classifiers'
     confidences on them); everything trains when ``fraction`` is 0."""
-    from worker.ml.heads import merge_rare, stratified_split
+    from ml.heads import merge_rare, stratified_split
 
     rows = np.asarray(rows, np.int64)
     if fraction <= 0:
@@ -266,7 +266,7 @@ def tune_catalog(
 ) -> dict[str, Any]:
     """Tune the configured backbone on the catalogue, embed every product with it, build its
     neighbour lists and (``activate``) serve them."""
-    from worker.ml.finetune import FeatureMaps, cut_layer
+    from ml.finetune import FeatureMaps, cut_layer
 
     started = time.perf_counter()
     say = say or (lambda line: logger.info("%s", line))
@@ -335,7 +335,7 @@ def serve_network(
 ) -> dict[str, Any]:
     """Save a tuned network with its heads, embed ``rows`` with it from their stored maps,
     calibrate its thresholds, build its lists and (``activate``) serve them."""
-    from worker.ml.heads import majority_sub
+    from ml.heads import majority_sub
 
     model_id = network.model_id
     store = indexing.store_for(model_id)
@@ -373,7 +373,7 @@ def _calibrate_compare(
 ) -> float | None:
     """Calibrate the two-image compare threshold for the tuned model (as ``model train``
     does for a plain one); None when the catalogue is too small to."""
-    from worker.ml.calibration import calibrate, save_calibration
+    from ml.calibration import calibrate, save_calibration
 
     keys = [
         f"{t}|{c}" if t and c else None

@@ -14,7 +14,7 @@ How, without a GPU:
 2. the layers above the cut are trained on those maps (BatchNorm statistics frozen, maps
    shifted at random by a cell, photo or mirror image at random) with three classifiers on
    the unit-normalised pooled features: sub-category, gender + article type, and base colour
-   (which also sees the colour descriptor of ``worker.ml.colour``);
+   (which also sees the colour descriptor of ``ml.colour``);
 3. the served embedding concatenates four unit-length parts, each scaled by the square root
    of its share of the cosine (``fusion``): the tuned backbone's pooled features (averaged
    over the photo and its mirror image), the square roots of the type classifier's
@@ -22,7 +22,7 @@ How, without a GPU:
    kind of product), the colour descriptor, and the square roots of the colour
    classifier's probabilities;
 4. the three classifiers are linear in the features and colour descriptor parts, so they
-   are saved as photo-search heads (``worker.ml.heads.HeadSet``) over the embedding: a photo
+   are saved as photo-search heads (``ml.heads.HeadSet``) over the embedding: a photo
    search needs one forward pass.
 
 The tuned network is stored as the weights of the layers above the cut plus the classifiers;

@@ -4,7 +4,7 @@ policy) and their scores on the catalogue's labels. Flask-free; the CLI feeds it
 Two ways to get each query's top-k:
 
 * ``leave_one_out``: a product page's list: the product's own neighbours in the catalogue,
-  itself excluded (exact cosine, blocked BLAS products as in ``worker.ml.neighbours``);
+  itself excluded (exact cosine, blocked BLAS products as in ``ml.neighbours``);
 * ``pipeline_rank``: what photo search does for an uploaded photo: the same photo first
   (cosine at or above the same-photo threshold), then the predicted gender + article type
   when the classifier is confident, then the predicted sub-category, then everything.
@@ -367,7 +367,7 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
 
 
 def head_predictions(headset, embeddings: np.ndarray) -> list[Prediction]:
-    """Photo-search heads (``worker.ml.heads.HeadSet``) applied to a batch, decoded as search does."""
+    """Photo-search heads (``ml.heads.HeadSet``) applied to a batch, decoded as search does."""
     from .heads import Prediction as HeadPrediction
     from .heads import decode_type
 

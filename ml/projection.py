@@ -3,7 +3,7 @@
 ImageNet features group photos by what ImageNet cares about; shoppers expect "similar" to mean
 the same kind of product (gender + article type) in the same colour. Two small projections
 learn that from the catalogue's own labels, on the cached embeddings (plus the colour
-descriptor of ``worker.ml.colour``), in a minute or two on a CPU:
+descriptor of ``ml.colour``), in a minute or two on a CPU:
 
 * the *type* projection maps to a 128-d unit vector trained with a cosine-softmax loss with
   an additive margin (CosFace) over gender + article type. The margin makes the nearest
