@@ -22,4 +22,4 @@ COPY . .
 
 USER shop
 EXPOSE 8000
-CMD ["gunicorn", "wsgi:app", "--bind", "0.0.0.0:8000", "--workers", "2", "--preload", "--access-logfile", "-"]
+CMD ["gunicorn", "webapp:create_app()", "--bind", "0.0.0.0:8000", "--workers", "2", "--preload", "--access-logfile", "-"]

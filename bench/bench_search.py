@@ -143,7 +143,7 @@ class Stack:
         )  # fmt: skip
         self.procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind",
+                [sys.executable, "-m", "gunicorn", "webapp:create_app()", "--bind",
                  f"127.0.0.1:{self.port}", "--workers", "2", "--log-level", "warning"],
                 cwd=ROOT, env=self.env, stdout=web_log, stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -324,10 +324,10 @@ def main() -> int:
     if args.uploads < 1:
         parser.error("--uploads must be at least 1")
 
-    from ml.finetune import base_model_id
     from ml.store import EmbeddingStore
+    from ml.tuned.config import base_model_id
     from webapp import create_app
-    from webapp.similar.indexing import neighbour_cache
+    from webapp.registry import neighbour_cache
 
     dev = create_app()
     with dev.app_context():

@@ -144,15 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-embed", action="store_true")
     args = parser.parse_args(argv)
 
+    from ml.store import EmbeddingStore
     from webapp import create_app
     from webapp.extensions import db
     from webapp.models import Product
-    from webapp.similar import indexing
+    from webapp.registry import neighbour_cache
 
     app = create_app()
     cfg = app.config
     with app.app_context():
-        model_id = indexing.neighbour_cache().active_model()
+        model_id = neighbour_cache().active_model()
         products = db.session.scalar(db.select(db.func.count(Product.id)))
         active_ids = list(db.session.scalars(db.select(Product.id).where(Product.active.is_(True))))
     if not model_id:
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    ids, vectors = indexing.EmbeddingStore(cfg["MODEL_FOLDER"], model_id).load()
+    ids, vectors = EmbeddingStore(cfg["MODEL_FOLDER"], model_id).load()
     vectors = np.ascontiguousarray(vectors, np.float32)
 
     rows: list[tuple[str, str, str, str]] = []  # (measure, ours, baseline, ratio)
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.executable,
             "-m",
             "gunicorn",
-            "wsgi:app",
+            "webapp:create_app()",
             "--bind",
             f"127.0.0.1:{port}",
             "--workers",

@@ -57,11 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     from wsgi import app
 
     with app.app_context():
-        from ml.finetune import FeatureMaps, TunedNetwork, train_network
-        from webapp.similar import indexing, tuning
+        from ml.tuned.feature_maps import FeatureMaps
+        from ml.tuned.network import TunedNetwork
+        from ml.tuned.training import train_network
+        from webapp import registry
+        from worker.jobs import tuning
 
-        base = indexing.load_backbone(tuned=False)
-        folder = indexing.newest_network(base.model_id)
+        base = registry.load_backbone(tuned=False)
+        folder = registry.newest_network(base.model_id)
         if folder is None:
             print(f"no tuned network for {base.model_id}: run `flask --app wsgi model tune` first")
             return 2

@@ -2,7 +2,7 @@
 
 On a stratified sample of the catalogue (default 12,000 photos, the same share of every
 gender + article type, seed 0), each backbone at the same input size is tuned exactly as
-``flask model tune`` tunes (``ml.finetune``, cut at the end of its stride-8 stage) on
+``flask model tune`` tunes (``ml.tuned``, cut at the end of its stride-8 stage) on
 five sixths of the sample and scored on the sixth it never saw: the accuracy of its three
 classifiers, the time to compute the feature maps, the time per training epoch, and the
 embedding speed of one photo as photo search embeds it. Lite0 is the baseline of the ratios.
@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from ml.backbones import get_backbone
     from ml.colour import ColourDescriptor
-    from ml.finetune import FeatureMaps, TuneConfig, cut_layer, score_network, train_network
     from ml.preprocess import load_image
+    from ml.tuned.config import TuneConfig, cut_layer
+    from ml.tuned.feature_maps import FeatureMaps
+    from ml.tuned.scoring import score_network
+    from ml.tuned.training import train_network
 
     paths, labels = stratified_sample(args.catalog, args.n, args.seed)
     train, test = ev.holdout_split(list(labels.derived_type), 1 / 6, args.seed)

@@ -5,9 +5,9 @@ Two ways to get each query's top-k:
 
 * ``leave_one_out``: a product page's list: the product's own neighbours in the catalogue,
   itself excluded (exact cosine, blocked BLAS products as in ``ml.neighbours``);
-* ``pipeline_rank``: what photo search does for an uploaded photo: the same photo first
-  (cosine at or above the same-photo threshold), then the predicted gender + article type
-  when the classifier is confident, then the predicted sub-category, then everything.
+* ``pipeline_rank``: what photo search does for an uploaded photo, through the live search's
+  own level plan (``ml.search_levels``): the same photo first, then the predicted type (and
+  colour), the predicted sub-category, then everything.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import metrics
+from . import metrics, search_levels
 from .neighbours import top_k_rows
+from .search_levels import ArrayCandidates, Groups, Prediction, SearchPolicy
 
 FEATURES = ("articleType", "gender", "gender+articleType")
 # The reference report's ResNet50 figures (leave-one-out, articleTypes with >= 500 images,
@@ -32,6 +33,8 @@ REFERENCE_TABLE: dict[str, dict[str, float]] = {
 REFERENCE_MIN_TYPE_COUNT = 500
 
 Progress = Callable[[int, int], None]
+# The photo-search rules under the name the evaluation's callers use.
+PipelinePolicy = SearchPolicy
 
 
 @dataclass
@@ -169,123 +172,39 @@ def rank(
     return out
 
 
-@dataclass(frozen=True)
-class PipelinePolicy:
-    """The photo-search ranking rules (the shop's SEARCH_* settings)."""
-
-    min_confidence: float = 0.5
-    same_photo_cosine: float = 0.98
-    same_photo_max: int = 5
-    colour_first: bool = False  # narrow to the predicted colour within the predicted type first
-    colour_min_confidence: float | None = None  # for the colour level; None: min_confidence
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """A classifier's answer for one query photo."""
-
-    type: tuple[str, float] | None = None  # ("Men|Shirts", confidence)
-    sub: tuple[str, float] | None = None
-    colour: tuple[str, float] | None = None
-
-
-def _confident(
-    p: tuple[str, float] | None, policy: PipelinePolicy, threshold: float | None = None
-) -> bool:
-    limit = policy.min_confidence if threshold is None else threshold
-    return p is not None and p[0] != "(other)" and p[1] >= limit
-
-
-class Groups:
-    """Index rows per gender + article type, per sub-category and per type + colour."""
-
-    def __init__(self, labels: Labels) -> None:
-        self._by: dict[str, dict[str, np.ndarray]] = {}
-        derived = labels.derived_type
-        keyed = {
-            "type": derived,
-            "sub": labels.sub_category,
-            "type+colour": metrics.combine(derived, labels.base_colour),
-        }
-        for kind, values in keyed.items():
-            codes, names = metrics.encode(values)
-            order = np.argsort(codes, kind="stable")
-            bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
-            self._by[kind] = {
-                name: order[bounds[i] : bounds[i + 1]] for i, name in enumerate(names)
-            }
-
-    def rows(self, kind: str, value: str) -> np.ndarray:
-        """Row numbers of one group (empty when the index has none)."""
-        return self._by[kind].get(value, np.empty(0, np.int64))
-
-
 def pipeline_rank(
     index_vectors: np.ndarray,
     query_vectors: np.ndarray,
     predictions: Sequence[Prediction],
     index_labels: Labels,
     n: int,
-    policy: PipelinePolicy = PipelinePolicy(),
+    policy: SearchPolicy | None = None,
     *,
     block: int = 256,
     groups: Groups | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Photo search's top n per query: (rows int64 [q, n], the widest level each consulted).
 
+    The live search's own ranking (``ml.search_levels.rank``), every index row eligible.
     ``groups`` (built from ``index_labels``) can be passed in to be reused across calls.
-
-    Levels, in order, each filling what the previous left: the same photo; the predicted
-    gender + article type (if confident; with ``colour_first``, that type in the predicted
-    colour before it); the predicted sub-category (if confident); the whole catalogue.
     """
     if len(predictions) != len(query_vectors):
         raise ValueError("one prediction per query is needed")
+    policy = policy if policy is not None else SearchPolicy()
     index_vectors = np.ascontiguousarray(index_vectors, dtype=np.float32)
     n = min(n, len(index_vectors))
-    groups = groups if groups is not None else Groups(index_labels)
-    rows_of = groups.rows
+    candidates = ArrayCandidates(groups if groups is not None else Groups(index_labels))
     out = np.empty((len(query_vectors), n), np.int64)
     levels: list[str] = []
     for start in range(0, len(query_vectors), block):
         q = np.asarray(query_vectors[start : start + block], np.float32)
         scores = q @ index_vectors.T
         for i in range(len(q)):
-            s = scores[i]
-            pred = predictions[start + i]
-            chosen: list[int] = []
-            taken = np.zeros(len(s), bool)
-
-            def take(rows: np.ndarray, need: int, s=s, taken=taken, chosen=chosen) -> None:
-                rows = rows[~taken[rows]]
-                if need <= 0 or len(rows) == 0:
-                    return
-                best = rows[top_k_rows(s[rows][None, :], need)[0][0]]
-                chosen.extend(best.tolist())
-                taken[best] = True
-
-            same = top_k_rows(s[None, :], min(policy.same_photo_max, n))[0][0]
-            take(same[s[same] >= policy.same_photo_cosine], n)
-            plan: list[tuple[str, np.ndarray]] = []
-            if _confident(pred.type, policy):
-                if policy.colour_first and _confident(
-                    pred.colour, policy, policy.colour_min_confidence
-                ):
-                    plan.append(
-                        ("type+colour", rows_of("type+colour", f"{pred.type[0]}|{pred.colour[0]}"))
-                    )
-                plan.append(("type", rows_of("type", pred.type[0])))
-            if _confident(pred.sub, policy):
-                plan.append(("sub", rows_of("sub", pred.sub[0])))
-            plan.append(("all", np.arange(len(s))))
-            searched = plan[0][0]
-            for level, rows in plan:
-                if len(chosen) >= n:
-                    break
-                searched = level
-                take(rows, n - len(chosen))
-            out[start + i] = chosen[:n]
-            levels.append(searched)
+            ranking = search_levels.rank(
+                scores[i], predictions[start + i], candidates, n, policy, direct_limit=0
+            )
+            out[start + i] = ranking.rows
+            levels.append(ranking.searched)
     return out, levels
 
 

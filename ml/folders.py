@@ -1,12 +1,15 @@
-"""Writing a folder of files so that readers see the old folder or the new one, never a mix."""
+"""Writing a file or a folder of files so that readers see the old one or the new one,
+never a mix."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def replace_folder(folder: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
@@ -28,3 +31,21 @@ def replace_folder(folder: str | os.PathLike, fill: Callable[[Path], None]) -> P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def write_json(
+    path: str | os.PathLike, data: Any, *, indent: int | None = None, sort_keys: bool = False
+) -> Path:
+    """Write ``data`` as JSON to a temporary file beside ``path``, then rename it over
+    ``path`` (creating the folder first); a failure leaves the old file as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=indent, sort_keys=sort_keys)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -72,6 +72,10 @@ class EmbeddingStore:
         folded = (state or self._state())["folded_through"]
         return [p for p in sorted((self.path / "parts").glob("*.npz")) if int(p.stem) > folded]
 
+    def part_count(self) -> int:
+        """How many parts wait to be folded into the base (each write adds one; see compact)."""
+        return len(self._parts())
+
     def _all_parts(self) -> list[Path]:
         return sorted((self.path / "parts").glob("*.npz"))
 
@@ -144,6 +148,19 @@ class EmbeddingStore:
 
     def __len__(self) -> int:
         return len(self.ids())
+
+    def id_count(self) -> int:
+        """How many products are stored, from the id files only (no vector is read): cheap
+        enough for a status page on a large catalogue."""
+        state = self._state()
+        ids: set[int] = set()
+        if state["base"] is not None:
+            ids = set(np.load(self.path / f"base-{state['base']}" / "ids.npy").tolist())
+        for part in self._parts(state):
+            with np.load(part) as data:
+                ids -= set(data["deleted"].tolist())
+                ids |= set(data["ids"].tolist())
+        return len(ids)
 
     def positions(self, product_ids: Iterable[int]) -> np.ndarray:
         """Row numbers of the given ids, -1 where an id is not stored."""

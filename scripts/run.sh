@@ -20,7 +20,7 @@ FLASK=("$VENV/bin/flask" --app wsgi)
 # shellcheck disable=SC2054  # "-Q ml,index,default" is one argument
 # Two processes: a photo search (queue ml) never waits behind a catalogue build (queue index).
 CELERY_WORKER=("$VENV/bin/celery" -A worker.celery_app worker -Q ml,index,default --concurrency 2 --loglevel INFO)
-GUNICORN=("$VENV/bin/gunicorn" wsgi:app --bind "127.0.0.1:$PORT" --workers 2 --preload --access-logfile -)
+GUNICORN=("$VENV/bin/gunicorn" "webapp:create_app()" --bind "127.0.0.1:$PORT" --workers 2 --preload --access-logfile -)
 
 [ -x "$PY" ] || die "no virtualenv in $VENV: run 'make setup' first."
 

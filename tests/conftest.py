@@ -14,10 +14,11 @@ import pytest
 import redis
 from PIL import Image
 
+from cli import register_commands
 from webapp import create_app
 from webapp.extensions import db as _db
 from webapp.models import Product, Role, User
-from webapp.similar import indexing
+from worker.jobs import indexing
 
 # PostgreSQL server used for the PostgreSQL runs; each test session gets its own database.
 # The reference catalogue (real photos) the slow tests read in place.
@@ -104,6 +105,7 @@ def postgres_database():
 
 def _make_app(tmp_path, uri: str, extra: dict | None = None):
     app = create_app({**base_config(tmp_path, uri), **(extra or {})})
+    register_commands(app)  # as wsgi.py does for `flask --app wsgi`
     with app.app_context():
         _db.drop_all()
         _db.create_all()

@@ -6,8 +6,8 @@ import io
 
 from sqlalchemy import select
 
+from cli.progress import CliProgress
 from tests.conftest import add_product
-from webapp.cli import CliProgress
 from webapp.extensions import db
 from webapp.models import Role, User
 

@@ -161,10 +161,12 @@ class TestPipelineRank:
 
 def test_groups_index_rows_by_type_sub_and_colour():
     g = ev.Groups(TestPipelineRank.LABELS)
-    assert g.rows("type", "Men|Jeans").tolist() == [3, 4, 5]
-    assert g.rows("sub", "Topwear").tolist() == [0, 1, 2]
-    assert g.rows("type+colour", "Men|Jeans|Red").tolist() == [4, 5]
-    assert g.rows("type", "Women|Dresses").tolist() == []
+    jeans = (("gender", "Men"), ("article_type", "Jeans"))
+    assert g.rows(jeans).tolist() == [3, 4, 5]
+    assert g.rows((("sub_category", "Topwear"),)).tolist() == [0, 1, 2]
+    assert g.rows((*jeans, ("base_colour", "Red"))).tolist() == [4, 5]
+    assert g.rows((("gender", "Women"), ("article_type", "Dresses"))).tolist() == []
+    assert g.rows(()).tolist() == [0, 1, 2, 3, 4, 5]
 
 
 def test_a_separate_colour_threshold():

@@ -1,11 +1,11 @@
-"""The classifier heads and the compare calibration: plain arrays in, arrays out, no Flask."""
+"""The classifier heads and the compare threshold: plain arrays in, arrays out, no Flask."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ml import calibration
+from ml import compare_threshold
 from ml.heads import (
     OTHER,
     Head,
@@ -20,6 +20,7 @@ from ml.heads import (
     stratified_split,
     train_heads,
 )
+from ml.thresholds import load_compare_threshold
 
 FAST = TrainConfig(hidden=32, epochs=30, batch_size=32, learning_rate=5e-3)
 
@@ -152,51 +153,55 @@ def test_majority_sub_ignores_stray_rows():
     assert majority_sub(["t", "t", "t", None], ["A", "A", "B", "A"]) == {"t": "A"}
 
 
-# -- compare calibration --------------------------------------------------------------------
+# -- compare threshold ------------------------------------------------------------------------
 
 
 def test_cosine_to_score_maps_minus_one_to_one_onto_zero_to_one():
-    assert calibration.cosine_to_score(-1.0) == 0.0
-    assert calibration.cosine_to_score(0.0) == 0.5
-    assert calibration.cosine_to_score(1.0) == 1.0
-    assert calibration.cosine_to_score(1.0000001) == 1.0
-    np.testing.assert_allclose(calibration.cosine_to_score(np.asarray([-1.0, 0.5])), [0.0, 0.75])
+    assert compare_threshold.cosine_to_score(-1.0) == 0.0
+    assert compare_threshold.cosine_to_score(0.0) == 0.5
+    assert compare_threshold.cosine_to_score(1.0) == 1.0
+    assert compare_threshold.cosine_to_score(1.0000001) == 1.0
+    np.testing.assert_allclose(
+        compare_threshold.cosine_to_score(np.asarray([-1.0, 0.5])), [0.0, 0.75]
+    )
 
 
 def test_sample_pairs_is_balanced_and_never_pairs_a_row_with_itself():
     keys = ["a"] * 5 + ["b"] * 3 + ["c"]
-    a, b, same = calibration.sample_pairs(keys, 400, seed=2)
+    a, b, same = compare_threshold.sample_pairs(keys, 400, seed=2)
     assert same.sum() == 200 and (~same).sum() == 200
     assert np.all(a != b)
     k = np.asarray(keys)
     assert np.all((k[a] == k[b]) == same)
     with pytest.raises(ValueError, match="two products"):
-        calibration.sample_pairs(["a", "b"], 10)
+        compare_threshold.sample_pairs(["a", "b"], 10)
 
 
 def test_threshold_reaches_the_target_precision_with_the_most_recall():
     scores = np.asarray([0.99, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6])
     same = np.asarray([True, True, False, True, True, False, False])
     # Cuts: 0.99 P1, 0.95 P1, 0.9 P.67, 0.85 P.75, 0.8 P.8, 0.7 P.67
-    assert calibration.threshold_for_precision(scores, same, 0.8) == 0.8
-    assert calibration.threshold_for_precision(scores, same, 1.0) == 0.95
-    p, r = calibration.precision_recall_at(scores, same, 0.8)
+    assert compare_threshold.threshold_for_precision(scores, same, 0.8) == 0.8
+    assert compare_threshold.threshold_for_precision(scores, same, 1.0) == 0.95
+    p, r = compare_threshold.precision_recall_at(scores, same, 0.8)
     assert p == 0.8 and r == 1.0
 
 
-def test_calibrate_stores_and_loads_with_the_model(tmp_path):
+def test_compare_threshold_stores_and_loads_with_the_model(tmp_path):
     x, y = clustered(20, 5, seed=4, noise=0.3)
     keys = [f"k{i}" for i in y]
-    result = calibration.calibrate("tiny-seed0-32-avg", x, keys, target_precision=0.9, n_pairs=2000)
+    result = compare_threshold.fit_compare_threshold(
+        "tiny-seed0-32-avg", x, keys, target_precision=0.9, n_pairs=2000
+    )
     assert 0 < result.threshold <= 1
     assert result.precision >= 0.8  # measured on fresh pairs: close to the target
-    path = calibration.save_calibration(tmp_path, result)
+    path = compare_threshold.save_compare_threshold(tmp_path, result)
     assert path == tmp_path / "tiny-seed0-32-avg" / "compare.json"
-    stored = calibration.load_calibration(tmp_path, "tiny-seed0-32-avg")
+    stored = load_compare_threshold(tmp_path, "tiny-seed0-32-avg")
     assert stored["threshold"] == round(result.threshold, 6)
     assert stored["threshold_cosine"] == pytest.approx(2 * stored["threshold"] - 1, abs=1e-5)
     assert stored["target_precision"] == 0.9
-    assert calibration.load_calibration(tmp_path, "other-model") is None
+    assert load_compare_threshold(tmp_path, "other-model") is None
 
 
 def test_blas_threads_are_limited_inside_the_block_and_restored_after():

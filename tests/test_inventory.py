@@ -12,19 +12,23 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from celery import Celery
 from sqlalchemy import func, select
 
 from ml.neighbours import all_neighbours
+from ml.thresholds import DEFAULT_DUPLICATE_THRESHOLD
 from tests.conftest import add_product, save_photo
 from tests.inventory_data import build_upload, photo_bytes, reencoded
+from webapp import exclusive, registry
 from webapp.extensions import db
-from webapp.inventory import calibration, duplicates, perceptual, tracking
-from webapp.inventory import jobs as import_jobs
+from webapp.inventory import duplicates, imports, index_state, perceptual
+from webapp.inventory.job_lock import JobLock
 from webapp.inventory.safety import UploadRejected, ZipLimits, inspect_csv, inspect_zip
-from webapp.inventory.upkeep import update_products
 from webapp.models import ImportJob, Product, ProductImageHash
-from webapp.similar import indexing
+from webapp.thresholds import duplicate_threshold
 from worker import tasks
+from worker.jobs import bulk_import, hashing, indexing
+from worker.jobs.indexing import update_products
 
 LIMITS = ZipLimits(max_uncompressed=50 * 1024 * 1024, max_ratio=100)
 
@@ -54,15 +58,15 @@ def post_import(client, csv_bytes: bytes, zip_bytes: bytes, **extra):
 
 def exact_lists(model_id: str) -> dict[int, np.ndarray]:
     """Brute-force top-K scores of every stored product, to compare with the cached lists."""
-    ids, vectors = indexing.store_for(model_id).load()
-    k = int(indexing.neighbour_cache().meta(model_id)["k"])
+    ids, vectors = registry.store_for(model_id).load()
+    k = int(registry.neighbour_cache().meta(model_id)["k"])
     _idx, scores = all_neighbours(np.asarray(vectors), k)
     return {int(pid): scores[i] for i, pid in enumerate(ids.tolist())}
 
 
 def assert_lists_exact(model_id: str) -> None:
     """Every product's cached list holds its true top-K (scores equal up to float16)."""
-    cache = indexing.neighbour_cache()
+    cache = registry.neighbour_cache()
     expected = exact_lists(model_id)
     for pid, scores in expected.items():
         cached = cache.get_list(model_id, pid)
@@ -98,36 +102,40 @@ def admin(client, auth):
     return client
 
 
+def record_sent(monkeypatch, handle) -> None:
+    """Send every task to ``handle(short name, args)`` instead of the broker."""
+
+    def send_task(self, name, args=(), kwargs=None, **options):
+        return handle(name.rsplit(".", 1)[-1], tuple(args))
+
+    monkeypatch.setattr(Celery, "send_task", send_task)
+
+
 @pytest.fixture
 def queued(monkeypatch):
-    """Record what would be queued instead of queueing it."""
+    """Record what would be sent to the workers instead of sending it."""
     seen: list[tuple[str, tuple]] = []
 
-    def fake(name):
-        def delay(*args):
-            seen.append((name, args))
-            return SimpleNamespace(id=f"task-{name}-{len(seen)}")
+    def handle(name: str, args: tuple):
+        seen.append((name, args))
+        return SimpleNamespace(id=f"task-{name}-{len(seen)}")
 
-        return delay
-
-    def fake_async(name):
-        def apply_async(args=(), queue=None, **_):
-            return fake(name)(*args)
-
-        return apply_async
-
-    for name in (
-        "import_products",
-        "ml_index_import",
-        "ml_update_product",
-        "ml_index_catalog",
-        "ml_tune_catalog",
-        "hash_product_images",
-        "ml_calibrate_duplicates",
-    ):
-        monkeypatch.setattr(getattr(tasks, name), "delay", fake(name))
-        monkeypatch.setattr(getattr(tasks, name), "apply_async", fake_async(name))
+    record_sent(monkeypatch, handle)
     return seen
+
+
+@pytest.fixture
+def upkeep_now(monkeypatch):
+    """Run the index upkeep a product change sends in this process, signals included."""
+    ran = []
+
+    def handle(name: str, args: tuple):
+        assert name == "ml_update_product", name
+        ran.append(tasks.ml_update_product.apply(args=args))
+        return ran[-1]
+
+    record_sent(monkeypatch, handle)
+    return ran
 
 
 # -- upload safety -----------------------------------------------------------------------
@@ -224,7 +232,7 @@ def test_upload_queues_a_job_and_stores_the_files(app, admin, queued):
         assert response.location == f"/admin/inventory/imports/{job.id}"
         assert job.status.value == "queued" and job.started_by == "admin@example.com"
         assert job.rows_total == len(up.good) + len(up.skipped)
-        folder = import_jobs.job_folder(job.id)
+        folder = imports.job_folder(job.id)
         assert (folder / "styles.csv").read_bytes() == up.csv_bytes
         assert (folder / "photos.zip").read_bytes() == up.zip_bytes
         assert job.task_id == "task-import_products-1"
@@ -262,7 +270,7 @@ def test_bad_uploads_fail_cleanly_with_a_message(app, admin, queued, case):
     assert b"Traceback" not in response.data
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(ImportJob)) == 0
-        folder = import_jobs.imports_folder()
+        folder = imports.imports_folder()
         assert not folder.exists() or list(folder.iterdir()) == []
     assert queued == []
 
@@ -295,8 +303,8 @@ def test_import_form_accepts_more_than_the_site_wide_limit(app, admin, queued):
 
 def run_job(app, job_id: int) -> None:
     with app.app_context():
-        assert import_jobs.run_import(job_id)["result"] == "imported"
-        assert import_jobs.run_index(job_id)["result"] == "done"
+        assert bulk_import.run_import(job_id)["result"] == "imported"
+        assert bulk_import.run_index(job_id)["result"] == "done"
 
 
 def test_bulk_import_end_to_end_in_process(hashed, admin, queued):
@@ -305,7 +313,7 @@ def test_bulk_import_end_to_end_in_process(hashed, admin, queued):
     copies = {1000: (media / "p0.jpg").read_bytes(), 1001: (media / "p1.jpg").read_bytes()}
     up = build_upload(12, copies_of=copies)
     with app.app_context():
-        built_at = indexing.neighbour_cache().meta(model_id)["built_at"]
+        built_at = registry.neighbour_cache().meta(model_id)["built_at"]
     assert post_import(client, up.csv_bytes, up.zip_bytes).status_code == 302
     with app.app_context():
         job_id = db.session.scalars(select(ImportJob.id)).one()
@@ -319,15 +327,15 @@ def test_bulk_import_end_to_end_in_process(hashed, admin, queued):
         assert job.skipped == len(up.skipped)
         assert job.rows_done == job.rows_total == len(up.good) + len(up.skipped)
         assert job.index_done == job.index_total == len(up.good)
-        stored = indexing.store_for(model_id).keys_by_id()
+        stored = registry.store_for(model_id).keys_by_id()
         for pid in up.good:
             product = db.session.get(Product, pid)
             assert product.image_path == f"catalog/{pid}.jpg"
             assert stored[pid] == product.image_sha256
         assert_lists_exact(model_id)
-        assert indexing.neighbour_cache().meta(model_id)["built_at"] == built_at, "no rebuild"
-        assert not import_jobs.job_folder(job_id).exists()
-        info = import_jobs.progress(job)
+        assert registry.neighbour_cache().meta(model_id)["built_at"] == built_at, "no rebuild"
+        assert not imports.job_folder(job_id).exists()
+        info = imports.progress(job)
         assert info["percent"] == 100 and info["finished"]
 
     report = list(
@@ -375,7 +383,7 @@ def test_a_job_interrupted_mid_import_resumes_with_the_same_counts(
         user = User(email="boss@example.com", role=Role.ADMIN, password_hash="x")
         db.session.add(user)
         db.session.commit()
-        job = import_jobs.create_job(
+        job = imports.create_job(
             FileStorage(io.BytesIO(up.csv_bytes), "styles.csv"),
             FileStorage(io.BytesIO(up.zip_bytes), "photos.zip"),
             user,
@@ -385,7 +393,7 @@ def test_a_job_interrupted_mid_import_resumes_with_the_same_counts(
         class Killed(BaseException):
             """Stands in for SIGKILL: nothing after it runs."""
 
-        real = import_jobs.import_catalog
+        real = bulk_import.import_catalog
 
         def dies_after_two_batches(*args, progress, **kwargs):
             def wrapped(done, total):
@@ -395,25 +403,25 @@ def test_a_job_interrupted_mid_import_resumes_with_the_same_counts(
 
             return real(*args, progress=wrapped, **kwargs)
 
-        monkeypatch.setattr(import_jobs, "import_catalog", dies_after_two_batches)
+        monkeypatch.setattr(bulk_import, "import_catalog", dies_after_two_batches)
         with pytest.raises(Killed):
-            import_jobs.run_import(job_id)
+            bulk_import.run_import(job_id)
         db.session.rollback()
         half = db.session.get(ImportJob, job_id)
         assert half.status.value == "running" and 0 < half.rows_done < half.rows_total
         assert db.session.scalar(select(func.count()).select_from(Product)) == 8
-        assert not import_jobs.JobLock(job_id, "import").held(), "a dead holder frees the lock"
+        assert not JobLock(job_id, "import").held(), "a dead holder frees the lock"
 
-        monkeypatch.setattr(import_jobs, "import_catalog", real)
-        assert import_jobs.resume_unfinished() == [job_id]
-        assert import_jobs.run_import(job_id)["result"] == "imported"
-        assert import_jobs.run_index(job_id)["result"] == "done"
+        monkeypatch.setattr(bulk_import, "import_catalog", real)
+        assert bulk_import.resume_unfinished() == [job_id]
+        assert bulk_import.run_import(job_id)["result"] == "imported"
+        assert bulk_import.run_index(job_id)["result"] == "done"
         job = db.session.get(ImportJob, job_id)
         assert (job.inserted, job.updated, job.unchanged) == (14, 0, 0)
         assert job.skipped == len(up.skipped)
         assert db.session.scalar(select(func.count()).select_from(Product)) == 14
         # Running either stage again changes nothing.
-        assert import_jobs.run_import(job_id)["result"] == "done"
+        assert bulk_import.run_import(job_id)["result"] == "done"
 
 
 def test_reimporting_changed_rows_counts_updates(app, redis_db, queued):
@@ -429,13 +437,13 @@ def test_reimporting_changed_rows_counts_updates(app, redis_db, queued):
         db.session.commit()
         ids = []
         for csv_bytes in (up.csv_bytes, up.csv_bytes.replace(b"Shirt 20001", b"Tee 20001")):
-            job = import_jobs.create_job(
+            job = imports.create_job(
                 FileStorage(io.BytesIO(csv_bytes), "styles.csv"),
                 FileStorage(io.BytesIO(up.zip_bytes), "photos.zip"),
                 user,
             )
-            import_jobs.run_import(job.id)
-            import_jobs.run_index(job.id)
+            bulk_import.run_import(job.id)
+            bulk_import.run_index(job.id)
             ids.append(job.id)
         second = db.session.get(ImportJob, ids[1])
         assert (second.inserted, second.updated, second.unchanged) == (0, 1, 4)
@@ -451,11 +459,11 @@ def test_a_failed_job_says_why_and_can_be_resumed(app, admin, redis_db, queued, 
         def broken(*args, **kwargs):
             raise RuntimeError("disk on fire")
 
-        monkeypatch.setattr(import_jobs, "import_catalog", broken)
-        assert import_jobs.run_import(job_id)["result"] == "failed"
+        monkeypatch.setattr(bulk_import, "import_catalog", broken)
+        assert bulk_import.run_import(job_id)["result"] == "failed"
         job = db.session.get(ImportJob, job_id)
         assert job.status.value == "failed" and "RuntimeError" in job.message
-        assert import_jobs.can_resume(job)
+        assert imports.can_resume(job)
     page = admin.get(f"/admin/inventory/imports/{job_id}")
     assert b"Resume the job" in page.data and b"RuntimeError" in page.data
     response = admin.post(f"/admin/inventory/imports/{job_id}/resume")
@@ -476,9 +484,9 @@ def test_progress_json_and_unknown_jobs(app, admin, queued):
 
 
 def test_report_cells_cannot_become_spreadsheet_formulas():
-    assert import_jobs._cell("=HYPERLINK(1)") == "'=HYPERLINK(1)"
-    assert import_jobs._cell("@cmd") == "'@cmd"
-    assert import_jobs._cell("plain") == "plain" and import_jobs._cell(None) == ""
+    assert imports._cell("=HYPERLINK(1)") == "'=HYPERLINK(1)"
+    assert imports._cell("@cmd") == "'@cmd"
+    assert imports._cell("plain") == "plain" and imports._cell(None) == ""
 
 
 # -- incremental upkeep for many products --------------------------------------------------
@@ -602,15 +610,9 @@ def test_identical_groups_and_the_duplicates_page(catalogue, admin):
     assert b"<strong>2</strong> groups of byte-identical photos, 5 products" in page.data
 
 
-def test_reupload_of_a_catalogue_photo_is_flagged_and_can_be_cancelled(hashed, admin, monkeypatch):
+def test_reupload_of_a_catalogue_photo_is_flagged_and_can_be_cancelled(hashed, admin, upkeep_now):
     app, model_id, media = hashed
     client = admin
-    ran = []
-    monkeypatch.setattr(
-        tasks.ml_update_product,
-        "delay",
-        lambda pid: ran.append(tasks.ml_update_product.apply(args=(pid,))) or ran[-1],
-    )
     photo = (media / "p3.jpg").read_bytes()
     response = client.post(
         "/admin/products/new",
@@ -637,19 +639,16 @@ def test_reupload_of_a_catalogue_photo_is_flagged_and_can_be_cancelled(hashed, a
     client.post(f"/admin/products/{new_id}/delete")
     with app.app_context():
         assert db.session.get(Product, new_id) is None
-        assert indexing.neighbour_cache().get_list(model_id, new_id) is None
+        assert registry.neighbour_cache().get_list(model_id, new_id) is None
 
 
 def test_a_reencoded_reupload_is_flagged_and_keeping_it_silences_the_warning(
-    hashed, admin, monkeypatch
+    hashed, admin, upkeep_now
 ):
     app, model_id, media = hashed
     client = admin
-    monkeypatch.setattr(
-        tasks.ml_update_product, "delay", lambda pid: tasks.ml_update_product.apply(args=(pid,))
-    )
     with app.app_context():
-        duplicates.hash_products()
+        hashing.hash_products()
     photo = reencoded((media / "p1.jpg").read_bytes(), 90)
     response = client.post(
         "/admin/products/new",
@@ -673,49 +672,15 @@ def test_embedding_near_duplicates_use_the_threshold(catalogue, admin, monkeypat
     with app.app_context():
         # Two catalogue photos with nearly the same look: the lists say how close they are.
         found = duplicates.find_matches([1000])[1000]
-        cache = indexing.neighbour_cache()
+        cache = registry.neighbour_cache()
         ids, scores = cache.get_list(model_id, 1000)
         expected = {int(i) for i, s in zip(ids, scores, strict=True) if s >= 0.999}
         assert {o for o, how, _s, _d in found if how == "similar"} == expected
         app.config["DUPLICATE_COSINE"] = 0.0
-        assert calibration.threshold_for(model_id) == (calibration.DEFAULT_THRESHOLD, "default")
+        assert duplicate_threshold(model_id) == (DEFAULT_DUPLICATE_THRESHOLD, "default")
 
 
-def test_calibration_writes_a_threshold_beside_the_model(catalogue):
-    app, model_id, media = catalogue
-    with app.app_context():
-        digest = hashlib.sha256((media / "p0.jpg").read_bytes()).hexdigest()
-        for pid in (1000, 1006):  # the same photo under two ids
-            product = db.session.get(Product, pid)
-            product.image_path, product.image_sha256 = "p0.jpg", digest
-        db.session.commit()
-        assert indexing.embed_catalog().embedded == 2
-        result = calibration.calibrate_model(negatives=5000)
-        assert result["model_id"] == model_id and result["identical_groups"] == 1
-        assert result["identical_min"] == pytest.approx(1.0) and result["nearest"] == 30
-        assert result["negatives"] > 4000 and 0 < result["threshold"] <= 1.0
-        assert calibration.threshold_for(model_id) == (result["threshold"], "calibrated")
-        assert calibration.threshold_file(model_id).exists()
-
-
-def test_choose_threshold_rules():
-    rng = np.random.default_rng(0)
-    neg = rng.normal(0.3, 0.05, 100_000)
-    stats = calibration.choose_threshold(np.full(1000, 0.99), neg)
-    assert stats["rule"].startswith("midpoint") and stats["recall"] == 1.0
-    assert stats["negative_q9999"] < stats["threshold"] < 0.99
-    overlap = calibration.choose_threshold(np.full(100, 0.4), neg)
-    assert overlap["threshold"] == overlap["negative_q9999"] and overlap["recall"] == 0.0
-    # Nearest neighbours of new photos score higher than random pairs: they set the bar,
-    # so that at most 2% of new photos are flagged.
-    nearest = rng.uniform(0.8, 0.95, 2000)
-    hard = calibration.choose_threshold(rng.uniform(0.9, 1.0, 600), neg, nearest)
-    assert hard["threshold"] == hard["nearest_q98"] and hard["rule"].startswith("nearest")
-    assert hard["false_alarms_new_photo"] == pytest.approx(0.02, abs=0.002)
-    assert 0 < hard["recall"] < 1
-
-
-# -- admin single create/edit: job state and incremental lists --------------------------------
+# -- admin single create/edit: index state and incremental lists --------------------------------
 
 
 def test_admin_create_and_delete_touch_only_the_affected_lists(
@@ -727,14 +692,15 @@ def test_admin_create_and_delete_touch_only_the_affected_lists(
     client = admin
     reports = []
 
-    def run_now(pid):
-        reports.append(indexing.update_product(pid))
+    def run_now(name: str, args: tuple):
+        assert name == "ml_update_product", name
+        reports.append(indexing.update_product(*args))
         return SimpleNamespace(id=f"t{len(reports)}")
 
-    monkeypatch.setattr(tasks.ml_update_product, "delay", run_now)
+    record_sent(monkeypatch, run_now)
     before = list_bytes(redis_db, model_id)
     with app.app_context():
-        built_at = indexing.neighbour_cache().meta(model_id)["built_at"]
+        built_at = registry.neighbour_cache().meta(model_id)["built_at"]
     photo = reencoded(photo_bytes("Red", 4242), 95)
     response = client.post(
         "/admin/products/new",
@@ -751,14 +717,14 @@ def test_admin_create_and_delete_touch_only_the_affected_lists(
         assert_lists_exact(model_id)
         exact = exact_lists(model_id)
         k = 5
-        ids, vectors = indexing.store_for(model_id).load()
+        ids, vectors = registry.store_for(model_id).load()
         vectors = np.asarray(vectors)
         new_vec = vectors[list(ids).index(new_id)]
         sims = vectors @ new_vec
         for pid in before:
             pos = list(ids).index(pid)
             enters = sims[pos] >= exact[pid][k - 1] - 1e-5
-            in_list = new_id in indexing.neighbour_cache().get_list(model_id, pid)[0].tolist()
+            in_list = new_id in registry.neighbour_cache().get_list(model_id, pid)[0].tolist()
             assert in_list == bool(enters), pid
     entered = [pid for pid in before if new_id in indexing_list(app, model_id, pid)]
     assert entered, "the new product reached its nearest neighbours' lists"
@@ -781,12 +747,12 @@ def test_admin_create_and_delete_touch_only_the_affected_lists(
             assert final[pid] == after[pid]
     with app.app_context():
         assert_lists_exact(model_id)
-        assert indexing.neighbour_cache().meta(model_id)["built_at"] == built_at
+        assert registry.neighbour_cache().meta(model_id)["built_at"] == built_at
 
 
 def indexing_list(app, model_id: str, pid: int) -> list[int]:
     with app.app_context():
-        found = indexing.neighbour_cache().get_list(model_id, pid)
+        found = registry.neighbour_cache().get_list(model_id, pid)
     return [] if found is None else found[0].tolist()
 
 
@@ -794,18 +760,18 @@ def test_product_job_state_follows_the_task(catalogue, admin):
     app, model_id, media = catalogue
     with app.app_context():
         add_product(id=4000, name="Tracked", image_path=save_photo(media, "t.jpg", "Red", 77))
-        tracking.record(4000, "abc", "created")
-        assert tracking.state(4000)["state"] == "queued"
+        index_state.record(4000, "abc", "created")
+        assert index_state.state(4000)["state"] == "queued"
         # The worker's signals move it on; apply() runs the same signals in this process.
         result = tasks.ml_update_product.apply(args=(4000,), task_id="abc")
         assert result.successful()
-        state = tracking.state(4000)
+        state = index_state.state(4000)
         assert state["state"] == "done" and state["action"] == "embedded"
-        assert tracking.state(4001)["state"] == "none"
+        assert index_state.state(4001)["state"] == "none"
         # A newer job wins over a late signal of an older one.
-        tracking.record(4000, "newer", "image_changed")
+        index_state.record(4000, "newer", "image_changed")
         tasks.ml_update_product.apply(args=(4000,), task_id="abc")
-        assert tracking.state(4000)["state"] == "queued"
+        assert index_state.state(4000)["state"] == "queued"
     client = admin
     page = client.get("/admin/products/4000/edit")
     assert b'id="product-index-job"' in page.data and b'data-state="queued"' in page.data
@@ -829,7 +795,7 @@ def test_index_status_panel(catalogue, admin, queued, redis_db):
     assert "Rebuilding the index: queued" in client.get(response.location).get_data(as_text=True)
     client.post("/admin/inventory/index/calibrate")
     assert queued[-1][0] == "ml_calibrate_duplicates"
-    redis_db.delete("jobs:index-catalog")  # as if the rebuild had ended
+    redis_db.delete(exclusive.KEY.format(name=exclusive.INDEX))  # as if the rebuild had ended
     tuning = client.post("/admin/inventory/index/tune")
     assert queued[-1][0] == "ml_tune_catalog"
     assert "Tuning the backbone on the catalogue: queued" in client.get(tuning.location).get_data(
@@ -871,13 +837,13 @@ def test_a_job_and_the_duplicate_queries_on_both_databases(any_db_app, redis_db,
         user = User(email="boss@example.com", role=Role.ADMIN, password_hash="x")
         db.session.add(user)
         db.session.commit()
-        job = import_jobs.create_job(
+        job = imports.create_job(
             FileStorage(io.BytesIO(up.csv_bytes), "styles.csv"),
             FileStorage(io.BytesIO(up.zip_bytes), "photos.zip"),
             user,
         )
-        assert import_jobs.run_import(job.id)["result"] == "imported"
-        assert import_jobs.run_index(job.id)["result"] == "done"
+        assert bulk_import.run_import(job.id)["result"] == "imported"
+        assert bulk_import.run_index(job.id)["result"] == "done"
         job = db.session.get(ImportJob, job.id)
         assert (job.inserted, job.skipped, job.duplicates) == (7, 4, 2)  # the copy and 20000
         assert "next full index build" in job.message  # no lists were built yet
@@ -886,7 +852,7 @@ def test_a_job_and_the_duplicate_queries_on_both_databases(any_db_app, redis_db,
         assert [p.id for p in groups[0].products] == [20000, 20006]
         assert duplicates.hash_coverage() == (7, 7)
         assert duplicates.lookalike_groups() == ([], 0)
-        rows = import_jobs.report_rows(job.id)
+        rows = imports.report_rows(job.id)
         assert [r.kind for r in rows[:4]] == ["skipped"] * 4
 
 
@@ -909,7 +875,7 @@ def test_a_killed_but_unreaped_lock_holder_counts_as_gone():
     """A worker killed with SIGKILL can linger as a zombie; its job lock must be taken over."""
     import subprocess
 
-    from webapp.inventory.jobs import _pid_alive
+    from webapp.inventory.job_lock import _pid_alive
 
     child = subprocess.Popen(["sleep", "30"])
     assert _pid_alive(child.pid)

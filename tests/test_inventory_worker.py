@@ -17,10 +17,11 @@ from ml.neighbours import all_neighbours
 from tests.conftest import TEST_REDIS_URL, AuthActions, _make_app, add_product, save_photo
 from tests.inventory_data import build_upload, photo_bytes
 from tests.worker_process import WorkerProcess
+from webapp import registry
 from webapp.extensions import db
-from webapp.inventory import jobs as import_jobs
+from webapp.inventory import imports
 from webapp.models import ImportJob, Product
-from webapp.similar import indexing
+from worker.jobs import indexing
 
 # This test session's own Redis database (see conftest): no other run flushes it.
 REDIS_URL = TEST_REDIS_URL
@@ -98,7 +99,7 @@ def test_a_killed_worker_loses_nothing(shop, tmp_path):
     copies = {100: (media / "cat/0.jpg").read_bytes(), 101: (media / "cat/1.jpg").read_bytes()}
     up = build_upload(280, copies_of=copies)
     with app.app_context():
-        built_at = indexing.neighbour_cache().meta(model_id)["built_at"]
+        built_at = registry.neighbour_cache().meta(model_id)["built_at"]
     client = app.test_client()
     AuthActions(app, client).login(role="admin")
     workers.append(start_worker(app, tmp_path / "worker-1.log"))
@@ -146,16 +147,16 @@ def test_a_killed_worker_loses_nothing(shop, tmp_path):
             assert db.session.get(Product, pid).image_path == f"catalog/{pid}.jpg"
             assert photo.is_file()
         assert not list(media.rglob("*.part"))
-        assert not import_jobs.job_folder(job_id).exists()
+        assert not imports.job_folder(job_id).exists()
 
         # Embedded, and every list is exactly its product's top-K, without a full rebuild.
-        stored = indexing.store_for(model_id).keys_by_id()
+        stored = registry.store_for(model_id).keys_by_id()
         assert set(stored) == ids
         for pid in up.good:
             assert stored[pid] == db.session.get(Product, pid).image_sha256
-        cache = indexing.neighbour_cache()
+        cache = registry.neighbour_cache()
         assert cache.meta(model_id)["built_at"] == built_at
-        store_ids, vectors = indexing.store_for(model_id).load()
+        store_ids, vectors = registry.store_for(model_id).load()
         _idx, scores = all_neighbours(np.asarray(vectors), 5)
         for row, pid in enumerate(store_ids.tolist()):
             cached = cache.get_list(model_id, pid)
@@ -206,4 +207,4 @@ def test_a_killed_worker_loses_nothing(shop, tmp_path):
         time.sleep(0.1)
     assert state["state"] == "done" and state["action"] == "embedded"
     with app.app_context():
-        assert indexing.neighbour_cache().get_list(model_id, new_id) is not None
+        assert registry.neighbour_cache().get_list(model_id, new_id) is not None

@@ -17,6 +17,7 @@ def test_parts_upsert_delete_and_compact(tmp_path):
     store.write_part([30, 10, 20], v[:3], keys=["a", "b", "c"])
     store.write_part([40, 10], v[3:5], keys=["d", "bb"])  # 10 is replaced
     store.write_part(deleted=[20])
+    assert store.part_count() == 3
     ids, vectors = store.load()
     assert ids.tolist() == [10, 30, 40]
     np.testing.assert_allclose(vectors[0], v[4])
@@ -25,6 +26,7 @@ def test_parts_upsert_delete_and_compact(tmp_path):
 
     store.compact()
     assert not list((tmp_path / "tiny-seed0-32-avg" / "parts").glob("*.npz"))
+    assert store.part_count() == 0
     reopened = EmbeddingStore(tmp_path, "tiny-seed0-32-avg")
     ids2, vectors2 = reopened.load()
     assert ids2.tolist() == [10, 30, 40]

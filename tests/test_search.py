@@ -17,14 +17,20 @@ import numpy as np
 import pytest
 import redis
 from PIL import Image, ImageDraw
+from sqlalchemy import select
 
+from ml import evaluation as ev
+from ml import search_levels
 from ml.heads import Prediction
 from tests.conftest import TEST_REDIS_URL, _make_app, add_product
+from webapp import registry
 from webapp.extensions import db
 from webapp.models import Product
 from webapp.preferences import Preferences
-from webapp.search import pipeline, services
-from webapp.similar import indexing
+from webapp.search import services
+from webapp.uploads import validate_image
+from worker import tasks
+from worker.jobs import indexing, photo_search
 
 ROOT = Path(__file__).resolve().parent.parent
 RGB = {"Red": (200, 30, 30), "Blue": (30, 30, 200), "Black": (20, 20, 20)}
@@ -134,11 +140,23 @@ def shop(tmp_path_factory):
     client.flushdb()
 
 
+def run_tasks_here(monkeypatch) -> None:
+    """Tasks the web side sends by name run at once, in this process, as a worker would run
+    them (Celery's eager mode only covers tasks called through their function)."""
+
+    def send(name: str, args: tuple = (), kwargs: dict | None = None, **options):
+        task = getattr(tasks, name.rpartition(".")[2])
+        return task.apply(args=args, kwargs=kwargs or {}, task_id=options.get("task_id"))
+
+    monkeypatch.setattr(services, "send_task", send)
+
+
 @pytest.fixture
-def web(shop):
+def web(shop, monkeypatch):
     app, products, media = shop
     # Tasks are found through Celery's default app: make it this module's (eager) one again.
     app.extensions["celery"].set_default()
+    run_tasks_here(monkeypatch)
     return app.test_client()
 
 
@@ -176,8 +194,8 @@ def test_model_train_saves_heads_and_calibration_beside_the_embeddings(shop):
     assert "gender+articleType" in out and "baseColour" in out
     assert "Compare threshold: score >=" in out and "precision" in out
     with app.app_context():
-        model_id = indexing.neighbour_cache().active_model()
-        folder = indexing.store_for(model_id).path
+        model_id = registry.neighbour_cache().active_model()
+        folder = registry.store_for(model_id).path
     meta = json.loads((folder / "heads" / "meta.json").read_text())
     assert meta["model_id"] == model_id and meta["head_version"] == 1
     assert set(meta["validation"]) == {"sub", "type", "colour"}
@@ -225,7 +243,9 @@ def test_uploading_a_catalogue_photo_shows_that_product_first(shop, web):
 
 def test_a_pending_search_page_refreshes_itself(shop, web, monkeypatch):
     app, _, media = shop
-    monkeypatch.setattr(services, "_enqueue", lambda kind, job_id: None)  # no worker: stays queued
+    monkeypatch.setattr(
+        services, "_enqueue", lambda kind, request_id: None
+    )  # no worker: stays queued
     response = web.post(
         "/search/",
         data={"image": (io.BytesIO(catalogue_photo(media, 2002)), "x.jpg")},
@@ -249,9 +269,9 @@ def test_search_within_all_categories_overrides_the_classifier(shop, web):
     )
     again = web.post(first.location + "/all")
     assert again.status_code == 303 and again.location != first.location
-    job = web.get("/api/jobs/" + again.location.rsplit("/", 1)[1]).get_json()
-    assert job["all_categories"] is True and job["searched"] == "all"
-    assert job["message"] == "Searched all categories, as asked."
+    answer = web.get("/api/jobs/" + again.location.rsplit("/", 1)[1]).get_json()
+    assert answer["all_categories"] is True and answer["searched"] == "all"
+    assert answer["message"] == "Searched all categories, as asked."
     html = web.get(again.location).get_data(as_text=True)
     assert "Search within all categories</button>" not in html
     # Ticking the box on the upload form does the same.
@@ -260,8 +280,8 @@ def test_search_within_all_categories_overrides_the_classifier(shop, web):
         data={"image": (io.BytesIO(catalogue_photo(media, 2020)), "x.jpg"), "all_categories": "y"},
         content_type="multipart/form-data",
     )
-    job = web.get("/api/jobs/" + ticked.location.rsplit("/", 1)[1]).get_json()
-    assert job["searched"] == "all"
+    answer = web.get("/api/jobs/" + ticked.location.rsplit("/", 1)[1]).get_json()
+    assert answer["searched"] == "all"
 
 
 @pytest.mark.parametrize(
@@ -288,7 +308,7 @@ def test_bad_uploads_on_the_page_get_a_message_at_the_field(shop, web, data, nam
     assert after == before, "a refused upload leaves nothing behind"
 
 
-def test_unknown_expired_or_malformed_jobs_are_404(web):
+def test_unknown_expired_or_malformed_search_requests_are_404(web):
     for url in (
         "/search/jobs/" + "0" * 32,
         "/search/jobs/nope",
@@ -308,9 +328,9 @@ def test_api_search_then_poll_returns_the_similar_products_shape(shop, web):
     app, products, media = shop
     started = api_search(web, catalogue_photo(media, 2030), n="4")
     assert started.status_code == 202
-    job_id = started.get_json()["job_id"]
-    assert re.fullmatch(r"[0-9a-f]{32}", job_id)
-    response = web.get(f"/api/jobs/{job_id}")
+    request_id = started.get_json()["job_id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+    response = web.get(f"/api/jobs/{request_id}")
     assert response.status_code == 200
     body = response.get_json()
     assert body["status"] == "ok" and body["state"] == "done" and body["kind"] == "search"
@@ -437,21 +457,21 @@ class FixedHeads:
         return self.preds
 
 
+def upload_photo(app, data: bytes) -> str:
+    """Store photo bytes as a search upload; returns its relative path."""
+    image = validate_image(data, max_pixels=10**6)
+    return services.store_image(image, app.config["MEDIA_FOLDER"], services.UPLOAD_SUBDIR)
+
+
 def run_search(app, media, pid, prefs=None, n=6, all_categories=False):
-    path = services.store_image(
-        __import__("webapp.uploads", fromlist=["validate_image"]).validate_image(
-            catalogue_photo(media, pid), max_pixels=10**6
-        ),
-        app.config["MEDIA_FOLDER"],
-        services.UPLOAD_SUBDIR,
-    )
-    return pipeline.search_photo(path, prefs or Preferences(), n, all_categories)
+    path = upload_photo(app, catalogue_photo(media, pid))
+    return photo_search.search_photo(path, prefs or Preferences(), n, all_categories)
 
 
 def test_a_confident_group_is_searched_first_then_widened(shop, monkeypatch):
     app, products, media = shop
     monkeypatch.setattr(
-        pipeline,
+        photo_search,
         "heads_for",
         lambda m: FixedHeads(type=("Women|Watches", 0.9), sub=("Watches", 0.9)),
     )
@@ -476,7 +496,7 @@ def test_a_confident_group_is_searched_first_then_widened(shop, monkeypatch):
 def test_an_unsure_classifier_searches_everything(shop, monkeypatch):
     app, products, media = shop
     monkeypatch.setattr(
-        pipeline,
+        photo_search,
         "heads_for",
         lambda m: FixedHeads(type=("Women|Watches", 0.2), sub=("Watches", 0.3)),
     )
@@ -489,7 +509,7 @@ def test_an_unsure_classifier_searches_everything(shop, monkeypatch):
 
 def test_without_trained_heads_everything_is_searched(shop, monkeypatch):
     app, _, media = shop
-    monkeypatch.setattr(pipeline, "heads_for", lambda m: None)
+    monkeypatch.setattr(photo_search, "heads_for", lambda m: None)
     with app.app_context():
         result = run_search(app, media, 2001)
     assert result["searched"] == "all" and result["predictions"] == []
@@ -510,6 +530,43 @@ def test_preferences_apply_while_choosing(shop, web):
     assert {item["gender"] for item in only_women["items"]} == {"Women"}
 
 
+def test_the_evaluation_ranks_photos_exactly_as_the_live_search(shop):
+    """``flask model evaluate`` measures what shoppers get: the same photos through the
+    worker's search and through the evaluation's ranking give the same products in the same
+    order, every level in play (same photo, type and colour, type, category, all)."""
+    app, products, media = shop
+    n = 20
+    mirrored = encode(Image.open(media / "p2005.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    photos = [catalogue_photo(media, pid) for pid in (2001, 2014, 2027, 2040)] + [mirrored]
+    # Every prediction trusted (the tiny test heads are rarely sure), colour first.
+    settings = {"SEARCH_MIN_CONFIDENCE": 0.0, "SEARCH_COLOUR_FIRST": True}
+    saved = {key: app.config[key] for key in settings}
+    app.config.update(settings)
+    try:
+        with app.app_context():
+            paths = [upload_photo(app, data) for data in photos]
+            live = [photo_search.search_photo(path, Preferences(), n) for path in paths]
+            model_id = photo_search.served_model()
+            ids, vectors = registry.store_for(model_id).load()
+            rows = {p.id: p for p in db.session.scalars(select(Product))}
+            labels = ev.Labels.from_records(
+                [{f: getattr(rows[pid], f) for f in search_levels.FIELDS} for pid in ids.tolist()]
+            )
+            backbone = photo_search.backbone_for(model_id)
+            images = [photo_search.read_photo(path, backbone.input_size) for path in paths]
+            queries = backbone.embed(images)
+            predictions = ev.head_predictions(photo_search.heads_for(model_id), queries)
+            policy = photo_search.search_policy()
+    finally:
+        app.config.update(saved)
+    recs, searched = ev.pipeline_rank(vectors, queries, predictions, labels, n, policy)
+    for i, result in enumerate(live):
+        assert [item[0] for item in result["items"]] == ids[recs[i]].tolist(), i
+        assert result["searched"] == searched[i], i
+    levels = {item[2] for result in live for item in result["items"]}
+    assert {"photo", "colour", "type", "all"} <= levels, levels
+
+
 def test_inactive_and_out_of_stock_products_are_never_shown(shop, web):
     app, products, media = shop
     with app.app_context():
@@ -527,7 +584,7 @@ def test_inactive_and_out_of_stock_products_are_never_shown(shop, web):
             db.session.commit()
 
 
-def test_no_served_model_fails_the_job_with_a_503(shop, web):
+def test_no_served_model_fails_the_search_request_with_a_503(shop, web):
     app, _, media = shop
     client = redis.Redis.from_url(TEST_REDIS_URL)
     active = client.get("nbrs:active")

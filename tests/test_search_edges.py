@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from tests.conftest import _make_app
-from tests.test_search import ROOT, api_search, draw_photo, encode, search_config
+from tests.test_search import ROOT, api_search, draw_photo, encode, run_tasks_here, search_config
 
 
 def test_model_train_without_embeddings_explains_what_to_do(app, redis_db):
@@ -18,12 +18,11 @@ def test_model_train_without_embeddings_explains_what_to_do(app, redis_db):
     assert "embed the catalogue first" in result.output
 
 
-def test_api_needs_no_csrf_token_but_the_page_does(tmp_path, redis_db):
+def test_api_needs_no_csrf_token_but_the_page_does(tmp_path, redis_db, monkeypatch):
     app = _make_app(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'csrf.sqlite3'}",
-        search_config(WTF_CSRF_ENABLED=True, CELERY={"task_always_eager": True}),
+        tmp_path, f"sqlite:///{tmp_path / 'csrf.sqlite3'}", search_config(WTF_CSRF_ENABLED=True)
     )
+    run_tasks_here(monkeypatch)
     client = app.test_client()
     photo = encode(draw_photo("Shirts", "Red", "Men", 1))
     api = api_search(client, photo)

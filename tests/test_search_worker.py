@@ -25,9 +25,9 @@ from tests.test_search import (
     search_config,
 )
 from tests.worker_process import WorkerProcess
+from webapp import registry
 from webapp.extensions import db
 from webapp.search import services
-from webapp.similar import indexing
 
 STRICT_SAME_PHOTO = "0.9995"
 
@@ -138,15 +138,15 @@ def test_cmyk_and_exif_rotated_photos_are_processed_by_the_worker(live, web, cas
     assert_still_serving(web, media)
 
 
-def test_a_photo_the_worker_cannot_decode_fails_that_job_only(live, web):
-    """A file that went bad after the upload checks (disk damage, say): a 422 for that job."""
+def test_a_photo_the_worker_cannot_decode_fails_that_request_only(live, web):
+    """A file that went bad after the upload checks (disk damage, say): a 422 for that request."""
     app, _, media, _ = live
     folder = media / services.UPLOAD_SUBDIR
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
-    job_id = uuid.uuid4().hex
+    request_id = uuid.uuid4().hex
     record = {
-        "id": job_id,
+        "id": request_id,
         "kind": "search",
         "state": "queued",
         "created_at": time.time(),
@@ -156,10 +156,12 @@ def test_a_photo_the_worker_cannot_decode_fails_that_job_only(live, web):
         "prefs": {},
         "model": None,
     }
-    redis.Redis.from_url(TEST_REDIS_URL).set(services.JOB_KEY.format(id=job_id), json.dumps(record))
+    redis.Redis.from_url(TEST_REDIS_URL).set(
+        services.REQUEST_KEY.format(id=request_id), json.dumps(record)
+    )
     with app.app_context():
-        services._enqueue("search", job_id)
-    response = web.get(f"/api/jobs/{job_id}?wait=1")
+        services._enqueue("search", request_id)
+    response = web.get(f"/api/jobs/{request_id}?wait=1")
     assert response.status_code == 422
     assert "could not be read" in response.get_json()["message"]
     assert_still_serving(web, media)
@@ -173,8 +175,8 @@ def test_the_results_page_fills_in_from_the_worker(live, web):
         content_type="multipart/form-data",
     )
     assert response.status_code == 303
-    job_id = response.location.rsplit("/", 1)[1]
-    assert web.get(f"/api/jobs/{job_id}?wait=1").status_code == 200
+    request_id = response.location.rsplit("/", 1)[1]
+    assert web.get(f"/api/jobs/{request_id}?wait=1").status_code == 200
     html = web.get(response.location).get_data(as_text=True)
     assert "Products that look like it" in html and "What we see" in html
     gender, article_type, _, colour = products[2021]
@@ -202,8 +204,8 @@ def compare(web, first: bytes, second: bytes, **fields):
 def test_compare_scores_two_photos_against_the_calibrated_threshold(live, web):
     app, _, media, _ = live
     with app.app_context():
-        model_id = indexing.neighbour_cache().active_model()
-        calibrated = json.loads((indexing.store_for(model_id).path / "compare.json").read_text())
+        model_id = registry.neighbour_cache().active_model()
+        calibrated = json.loads((registry.store_for(model_id).path / "compare.json").read_text())
     same = compare(web, catalogue_photo(media, 2001), catalogue_photo(media, 2001))
     assert same.status_code == 200, same.get_data(as_text=True)
     body = same.get_json()
@@ -215,7 +217,7 @@ def test_compare_scores_two_photos_against_the_calibrated_threshold(live, web):
     assert 0 <= other["score"] < body["score"]
     assert other["similar"] is (other["score"] >= other["threshold"])
     # Compare photos are deleted as soon as they are scored.
-    raw = redis.Redis.from_url(TEST_REDIS_URL).get(services.JOB_KEY.format(id=body["job_id"]))
+    raw = redis.Redis.from_url(TEST_REDIS_URL).get(services.REQUEST_KEY.format(id=body["job_id"]))
     stored = json.loads(raw)["images"]
     assert len(stored) == 2 and not any((media / path).exists() for path in stored)
 
@@ -223,7 +225,7 @@ def test_compare_scores_two_photos_against_the_calibrated_threshold(live, web):
 def test_compare_with_a_model_id(live, web):
     app, _, media, _ = live
     with app.app_context():
-        model_id = indexing.neighbour_cache().active_model()
+        model_id = registry.neighbour_cache().active_model()
     photo = catalogue_photo(media, 2001)
     ok = compare(web, photo, photo, model=model_id)
     assert ok.status_code == 200 and ok.get_json()["model"] == model_id
@@ -261,8 +263,8 @@ def test_compare_page_flow(live, web):
         content_type="multipart/form-data",
     )
     assert response.status_code == 303
-    job_id = response.location.rsplit("/", 1)[1]
-    assert web.get(f"/api/jobs/{job_id}?wait=1").status_code == 200
+    request_id = response.location.rsplit("/", 1)[1]
+    assert web.get(f"/api/jobs/{request_id}?wait=1").status_code == 200
     html = web.get(response.location).get_data(as_text=True)
     assert "100%" in html and "similar</span>" in html and "calibrated on catalogue pairs" in html
     missing = web.post(

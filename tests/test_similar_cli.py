@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from webapp.similar.cli import write_setting
+from cli.model import write_setting
 
 
 def test_write_setting_replaces_or_appends(tmp_path):
@@ -20,11 +20,11 @@ def test_write_setting_replaces_or_appends(tmp_path):
 
 @pytest.mark.parametrize("available", [True, False])
 def test_check_backbone(app, tmp_path, monkeypatch, available):
-    import ml.backbones as backbones
+    import cli.model
 
     app.instance_path = str(tmp_path)
     monkeypatch.setattr(
-        backbones, "resnet50_weights_status", lambda w: (available, "probe said so")
+        cli.model, "resnet50_weights_status", lambda w: (available, "probe said so")
     )
     result = app.test_cli_runner().invoke(args=["model", "check-backbone"])
     assert result.exit_code == 0, result.output
@@ -47,18 +47,22 @@ def test_embed_now_and_enqueue_once(catalogue, monkeypatch):
     assert "0 embedded, 30 already done" in result.output
     assert "Neighbour lists unchanged: 30 products" in result.output
 
-    from worker import tasks
+    from celery import Celery
 
     sent = []
 
     class Result:
         id = "job-1"
 
-    monkeypatch.setattr(tasks.ml_index_catalog, "delay", lambda: sent.append(1) or Result())
+    def send_task(self, name, args=(), kwargs=None, **options):
+        sent.append(name)
+        return Result()
+
+    monkeypatch.setattr(Celery, "send_task", send_task)
     first = runner.invoke(args=["catalog", "embed"])
     second = runner.invoke(args=["catalog", "embed"])
     assert "Enqueued index job job-1" in first.output
     assert "Already running: index job job-1" in second.output
-    assert sent == [1]
+    assert sent == ["worker.tasks.ml_index_catalog"]
     status = runner.invoke(args=["catalog", "index-status"])
     assert f"Served model: {model_id}" in status.output and "lists: 30 products" in status.output

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ml.neighbours import all_neighbours, query
+from webapp.eligibility import Eligibility
 from webapp.preferences import Preferences
 from webapp.similar.selection import choose
 
@@ -56,10 +57,10 @@ def test_n_guarantee_and_no_excluded_product(case):
     idx, scores = all_neighbours(vectors, k)
     ranked = list(zip(idx[query_id].tolist(), scores[query_id].tolist(), strict=True))
 
+    eligibility = Eligibility.of(prefs)
+
     def eligible(pid: int) -> bool:
-        p = products[pid]
-        in_stock = p.stock is None or p.stock > 0
-        return pid != query_id and p.active and in_stock and not prefs.excludes(p)
+        return pid != query_id and eligibility.allows(products[pid])
 
     def fallback(chosen: set[int], missing: int):
         allowed = np.array([eligible(i) and i not in chosen for i in range(len(products))])

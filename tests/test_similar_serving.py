@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 from tests.conftest import add_product
+from webapp import registry
 from webapp.extensions import db
 from webapp.models import Product
 from webapp.preferences import SESSION_KEY, Preferences
-from webapp.similar import indexing
 
 
 def similar_ids(client, product_id: int, query: str = "") -> list[int]:
@@ -40,7 +40,7 @@ def test_api_shape_and_plain_list(catalogue):
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
     with app.app_context():
-        cached_ids, _ = indexing.neighbour_cache().get_list(model_id, 1006)
+        cached_ids, _ = registry.neighbour_cache().get_list(model_id, 1006)
     cached = cached_ids[:4].tolist()
     assert [i["id"] for i in body["items"]] == cached
 
@@ -133,9 +133,12 @@ def test_admin_create_reaches_similar_lists(catalogue, monkeypatch):
     from worker import tasks
 
     ran = []
-    monkeypatch.setattr(
-        tasks.ml_update_product, "delay", lambda pid: ran.append(tasks.ml_update_product(pid))
-    )
+
+    def run_inline(name, args=(), kwargs=None, **options):
+        assert name == "worker.tasks.ml_update_product"
+        ran.append(tasks.ml_update_product(*args))
+
+    monkeypatch.setattr(admin_services, "send_task", run_inline)
     photo = (media / "p0.jpg").read_bytes()
     with app.app_context():
         from webapp.uploads import validate_image
@@ -145,7 +148,7 @@ def test_admin_create_reaches_similar_lists(catalogue, monkeypatch):
             validate_image(photo, max_pixels=app.config["MAX_IMAGE_PIXELS"]),
         )
         assert ran and ran[0]["action"] == "embedded"
-        assert product.id in indexing.neighbour_cache().get_list(model_id, 1000)[0].tolist()
+        assert product.id in registry.neighbour_cache().get_list(model_id, 1000)[0].tolist()
         admin_services.delete_product(product.id)
         assert ran[-1]["action"] == "removed"
-        assert indexing.neighbour_cache().get_list(model_id, product.id) is None
+        assert registry.neighbour_cache().get_list(model_id, product.id) is None

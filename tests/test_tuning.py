@@ -9,9 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml.finetune import TunedBackbone, base_model_id, is_tuned_id
+from ml.tuned.config import base_model_id, is_tuned_id
+from ml.tuned.network import TunedBackbone
 from tests.conftest import add_product, save_photo, write_query_folder
-from webapp.similar import indexing
+from webapp import exclusive, registry
+from webapp.preferences import Preferences
+from worker import tasks
+from worker.jobs import indexing, photo_search
 
 
 @pytest.fixture
@@ -22,7 +26,7 @@ def tuned(labelled):
     result = app.test_cli_runner().invoke(args=["model", "tune", "--now"])
     assert result.exit_code == 0, result.output
     with app.app_context():
-        model_id = indexing.neighbour_cache().active_model()
+        model_id = registry.neighbour_cache().active_model()
     return app, base_id, model_id, result.output
 
 
@@ -35,9 +39,9 @@ def test_tune_trains_embeds_lists_and_switches(tuned):
     assert "epoch 3/3" in output  # progress per epoch
     assert "Pages and photo search now use it." in output
     with app.app_context():
-        store = indexing.store_for(model_id)
+        store = registry.store_for(model_id)
         assert len(store) == 48
-        meta = indexing.neighbour_cache().meta(model_id)
+        meta = registry.neighbour_cache().meta(model_id)
         assert meta["complete"] == "1" and meta["count"] == "48"
         folder = store.path
         assert (folder / "network" / "meta.json").exists()
@@ -47,9 +51,9 @@ def test_tune_trains_embeds_lists_and_switches(tuned):
         maps = [p.name for p in Path(app.config["MODEL_FOLDER"]).iterdir() if ".maps-" in p.name]
         assert maps == [f"{base_id}.maps-conv1-v2"]
         # the workers' embedder is now the tuned one; the plain one stays reachable
-        embedder = indexing.load_backbone()
+        embedder = registry.load_backbone()
         assert isinstance(embedder, TunedBackbone) and embedder.model_id == model_id
-        assert indexing.load_backbone(tuned=False).model_id == base_id
+        assert registry.load_backbone(tuned=False).model_id == base_id
     # product pages serve the tuned lists
     answer = app.test_client().get("/api/products/2000/similar?n=4").get_json()
     assert answer["model"] == model_id and len(answer["items"]) == 4
@@ -58,8 +62,8 @@ def test_tune_trains_embeds_lists_and_switches(tuned):
 def test_the_tuned_model_embeds_a_photo_as_its_stored_maps_do(tuned):
     app, _, model_id, _ = tuned
     with app.app_context():
-        embedder = indexing.backbone_for(model_id)
-        stored = indexing.store_for(model_id).get([2000, 2001])
+        embedder = registry.backbone_for(model_id)
+        stored = registry.store_for(model_id).get([2000, 2001])
         media = Path(app.config["MEDIA_FOLDER"])
         fresh = embedder.embed([media / "q0.jpg", media / "q1.jpg"])
     assert np.min(np.sum(stored * fresh, axis=1)) > 0.999
@@ -69,17 +73,17 @@ def test_setting_chooses_tuned_plain_or_a_named_network(tuned):
     app, base_id, model_id, _ = tuned
     with app.app_context():
         app.config["EMBEDDING_TUNED"] = "off"
-        assert indexing.load_backbone().model_id == base_id
+        assert registry.load_backbone().model_id == base_id
         app.config["EMBEDDING_TUNED"] = model_id
-        assert indexing.load_backbone().model_id == model_id
+        assert registry.load_backbone().model_id == model_id
         app.config["EMBEDDING_TUNED"] = base_id + ".ft00000000"
-        with pytest.raises(indexing.ModelUnavailable, match="model tune"):
-            indexing.load_backbone()
+        with pytest.raises(registry.ModelUnavailable, match="model tune"):
+            registry.load_backbone()
         app.config["EMBEDDING_TUNED"] = "efficientnet_lite0-57934424-160-avg.ft12345678"
-        with pytest.raises(indexing.ModelUnavailable, match="not tuned from the configured"):
-            indexing.load_backbone()
-        with pytest.raises(indexing.ModelUnavailable, match="cannot be loaded here"):
-            indexing.backbone_for(base_id + ".ft00000000")
+        with pytest.raises(registry.ModelUnavailable, match="not tuned from the configured"):
+            registry.load_backbone()
+        with pytest.raises(registry.ModelUnavailable, match="cannot be loaded here"):
+            registry.backbone_for(base_id + ".ft00000000")
 
 
 def test_a_new_product_reaches_the_tuned_lists(tuned, tmp_path):
@@ -93,20 +97,17 @@ def test_a_new_product_reaches_the_tuned_lists(tuned, tmp_path):
         )
         report = indexing.update_product(2100)
         assert report.action == "embedded" and 2100 in report.rewritten
-        assert 2100 in indexing.store_for(model_id).ids()
-        ids, _ = indexing.neighbour_cache().read_index(model_id)
+        assert 2100 in registry.store_for(model_id).ids()
+        ids, _ = registry.neighbour_cache().read_index(model_id)
         assert 2100 in ids.tolist()
 
 
 def test_photo_search_uses_the_tuned_model_and_its_heads(tuned, tmp_path):
     app, _, model_id, _ = tuned
-    from webapp.preferences import Preferences
-    from webapp.search import pipeline
-
     with app.app_context():
         relative = "search-uploads/query.jpg"
         save_photo(Path(app.config["MEDIA_FOLDER"]), relative, "Blue", 7)
-        result = pipeline.search_photo(relative, Preferences(), 6)
+        result = photo_search.search_photo(relative, Preferences(), 6)
     assert result["model"] == model_id
     assert result["heads"] and result["heads"].startswith("heads")
     assert len(result["items"]) == 6
@@ -193,8 +194,6 @@ def test_a_query_folder_is_embedded_by_the_tuned_backbone(tuned, tmp_path):
 
 def test_index_job_queues_the_first_tuning_once(labelled, redis_db):
     app, _ = labelled
-    from webapp import jobs
-    from worker import tasks
 
     with app.app_context():
         app.config["EMBEDDING_TUNED"] = "off"
@@ -202,7 +201,7 @@ def test_index_job_queues_the_first_tuning_once(labelled, redis_db):
         assert "tuning_job" not in summary
         app.config["EMBEDDING_TUNED"] = "auto"
         summary = tasks.ml_index_catalog.apply().get()
-        assert summary["tuning_job"] == jobs.in_flight(tasks.INDEX_JOB)
+        assert summary["tuning_job"] == exclusive.in_flight(exclusive.INDEX)
         # the tuning waits on the index queue for a worker, under the one-at-a-time marker
         assert redis_db.llen("index") == 1
         message = json.loads(redis_db.lindex("index", 0))

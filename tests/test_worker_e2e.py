@@ -11,9 +11,9 @@ from PIL import Image
 
 from tests.conftest import TEST_REDIS_URL, _make_app
 from tests.worker_process import WorkerProcess
+from webapp import registry
 from webapp.extensions import db
 from webapp.models import Product
-from webapp.similar import indexing
 from worker.tasks import ml_index_catalog, ml_update_product
 
 RGB = {"Red": (200, 30, 30), "Blue": (30, 30, 200), "Green": (30, 160, 40), "Black": (15, 15, 15)}
@@ -88,7 +88,7 @@ def test_worker_builds_lists_and_keeps_them_up_to_date(e2e):
     with app.app_context():
         summary = ml_index_catalog.delay().get(timeout=180)
         assert summary["embedded"] == 24 and summary["products"] == 24 and summary["rebuilt"]
-        cache = indexing.neighbour_cache()
+        cache = registry.neighbour_cache()
         model_id = cache.active_model()
         assert model_id == summary["model"]
         before = {pid: cache.get_list(model_id, pid)[0].tolist() for pid in range(5000, 5024)}

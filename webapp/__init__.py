@@ -20,7 +20,10 @@ PROJECT_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """Build the Flask app: config, instance folder, extensions, blueprints, errors, commands."""
+    """Build the Flask app: config, instance folder, extensions, blueprints, errors.
+
+    The ``flask`` command groups are attached by ``wsgi.py`` (the ``cli`` package), so
+    the web server, which serves this factory, never loads the worker's code."""
     app = Flask(
         __name__,
         instance_relative_config=True,
@@ -35,7 +38,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     register_blueprints(app)
     register_errorhandlers(app)
     register_security_headers(app)
-    register_commands(app)
     register_template_context(app)
     return app
 
@@ -113,22 +115,6 @@ def register_security_headers(app: Flask) -> None:
     from webapp.security import add_security_headers
 
     app.after_request(add_security_headers)
-
-
-def register_commands(app: Flask) -> None:
-    """flask catalog ..., flask user ..., flask config ..."""
-    from webapp.cli import catalog_cli, register
-    from webapp.models_cli import register as register_model_training
-    from webapp.quality.cli import register as register_quality
-    from webapp.search.cli import search_cli
-    from webapp.similar.cli import model_cli
-    from webapp.similar.cli import register as register_similar
-
-    register(app)
-    register_similar(catalog_cli, app)
-    register_model_training(model_cli, app)
-    register_quality(model_cli, app)
-    app.cli.add_command(search_cli)
 
 
 def register_template_context(app: Flask) -> None:

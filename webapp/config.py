@@ -1,6 +1,6 @@
 """Settings: defaults in code, then ``instance/config.py``, then environment variables.
 
-This module is the only place that reads the environment (ARCHITECTURE.md rule 6). Every
+This module is the only place that reads the environment (README, "Architecture"). Every
 setting is declared once in ``SETTINGS``; the README's configuration table is generated
 from it (``flask --app wsgi config table``), so the two cannot drift apart.
 """

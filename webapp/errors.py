@@ -25,9 +25,7 @@ MESSAGES = {
 
 def wants_json() -> bool:
     """API clients get JSON errors; browsers get pages."""
-    return request.path.startswith("/api/") or (
-        request.accept_mimetypes.best == "application/json"
-    )
+    return request.path.startswith("/api/") or (request.accept_mimetypes.best == "application/json")
 
 
 def render_error(code: int, message: str | None = None):
@@ -47,8 +45,11 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc: CSRFError):
-        return render_error(400, f"The form expired or was tampered with ({exc.description}). "
-                                 "Please go back, reload the page and try again.")
+        return render_error(
+            400,
+            f"The form expired or was tampered with ({exc.description}). "
+            "Please go back, reload the page and try again.",
+        )
 
     @app.errorhandler(413)
     def too_large(exc: HTTPException):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import redis
 from celery import Celery, Task
-from flask import Flask
+from flask import Flask, current_app
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -26,9 +27,6 @@ login_manager.login_message_category = "info"
 
 def get_redis():
     """The app's Redis client, created on first use with short timeouts (pages must not hang)."""
-    import redis
-    from flask import current_app
-
     client = current_app.extensions.get("redis")
     if client is None:
         timeout = current_app.config["REDIS_TIMEOUT"]
@@ -39,6 +37,16 @@ def get_redis():
         )
         current_app.extensions["redis"] = client
     return client
+
+
+def send_task(name: str, args: tuple = (), kwargs: dict | None = None, **options: object):
+    """Enqueue the worker task registered under ``name`` (``worker.tasks.<function>``).
+
+    The web tier sends work by name and never imports the worker's code; the queue comes
+    from the Celery app's routes by task name. ``options`` are Celery's (e.g. ``task_id``).
+    """
+    celery_app = current_app.extensions["celery"]
+    return celery_app.send_task(name, args=args, kwargs=kwargs or {}, **options)
 
 
 def celery_init_app(app: Flask) -> Celery:
@@ -62,6 +70,8 @@ def celery_init_app(app: Flask) -> Celery:
                 "worker.tasks.ml_index_catalog": {"queue": "index"},
                 "worker.tasks.ml_build_neighbours": {"queue": "index"},
                 "worker.tasks.ml_tune_catalog": {"queue": "index"},
+                "worker.tasks.ml_index_import": {"queue": "index"},
+                "worker.tasks.ml_calibrate_duplicates": {"queue": "index"},
                 "worker.tasks.ml_*": {"queue": "ml"},
             },
             "task_acks_late": True,

@@ -1,9 +1,19 @@
-"""A shopper's preferences: one value type for anonymous (session) and signed-in shoppers."""
+"""A shopper's preferences: one value type for anonymous (session) and signed-in shoppers.
+
+What they do to the products a shopper is shown is decided in ``webapp.eligibility``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from flask import session
+from flask_login import current_user
+from sqlalchemy.exc import IntegrityError
+
+from webapp.extensions import db
+from webapp.models import PreferenceItem
 
 # Category levels a shopper may hide, as FACETS keys.
 HIDE_LEVELS = ("master", "sub", "type")
@@ -25,18 +35,6 @@ class Preferences:
             (self.disliked_colours and self.hide_disliked_colours)
             or self.genders
             or any(self.hidden.values())
-        )
-
-    def excludes(self, product: Any) -> bool:
-        """True when a product (anything with the Product attributes) is filtered out."""
-        if self.hide_disliked_colours and product.base_colour in self.disliked_colours:
-            return True
-        if self.genders and product.gender not in self.genders:
-            return True
-        return (
-            product.master_category in self.hidden["master"]
-            or product.sub_category in self.hidden["sub"]
-            or product.article_type in self.hidden["type"]
         )
 
     def merged(self, other: Preferences) -> Preferences:
@@ -91,14 +89,8 @@ SESSION_KEY = "preferences"
 
 def current_preferences() -> Preferences:
     """The preferences of whoever makes the current request."""
-    from flask import session
-    from flask_login import current_user
-
     if current_user.is_authenticated:
-        return Preferences.from_items(
-            [(p.kind, p.value) for p in current_user.preference_items],
-            current_user.hide_disliked_colours,
-        )
+        return user_preferences(current_user)
     return Preferences.from_session(session.get(SESSION_KEY))
 
 
@@ -115,8 +107,6 @@ def store_user_preferences(user: Any, prefs: Preferences) -> None:
     Rows are diffed rather than deleted and re-added: a flush inserts before it deletes,
     so re-adding an unchanged (kind, value) would trip the unique constraint.
     """
-    from webapp.models import PreferenceItem
-
     wanted = set(prefs.items())
     current = {(item.kind, item.value): item for item in user.preference_items}
     for key, item in current.items():
@@ -129,10 +119,6 @@ def store_user_preferences(user: Any, prefs: Preferences) -> None:
 
 def save_user_preferences(user: Any, prefs: Preferences) -> None:
     """Store and commit a user's preferences."""
-    from sqlalchemy.exc import IntegrityError
-
-    from webapp.extensions import db
-
     store_user_preferences(user, prefs)
     try:
         db.session.commit()
@@ -146,9 +132,6 @@ def save_user_preferences(user: Any, prefs: Preferences) -> None:
 
 def save_preferences(prefs: Preferences) -> None:
     """Keep ``prefs`` for whoever makes the current request: DB rows or the session."""
-    from flask import session
-    from flask_login import current_user
-
     if current_user.is_authenticated:
         save_user_preferences(current_user, prefs)
     elif prefs == Preferences():

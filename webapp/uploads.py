@@ -31,6 +31,8 @@ from typing import BinaryIO
 from PIL import Image
 from werkzeug.datastructures import FileStorage
 
+from webapp.media import OutsideMediaFolder, image_file, media_path
+
 logger = logging.getLogger(__name__)
 
 # Pillow format name -> extension used when the file is stored.
@@ -155,18 +157,14 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
         )
 
 
-def _safe_subdir(subdir: str) -> str:
-    """A relative folder name without '..' so stored files stay inside the media folder."""
-    parts = [p for p in subdir.replace("\\", "/").split("/") if p not in ("", ".")]
-    if not parts or os.path.isabs(subdir) or ".." in parts:
-        raise ValueError(f"invalid media subfolder: {subdir!r}")
-    return "/".join(parts)
-
-
 def store_image(validated: ValidatedImage, media_folder: str, subdir: str = "products") -> str:
     """Save an image under a generated name, atomically; return its path relative to media."""
-    subdir = _safe_subdir(subdir)
-    target_dir = os.path.join(media_folder, *subdir.split("/"))
+    try:
+        target_dir = media_path(subdir, media_folder, allow_absolute=False)
+    except OutsideMediaFolder as exc:
+        raise ValueError(f"invalid media subfolder: {subdir!r}") from exc
+    if target_dir is None:
+        raise ValueError("invalid media subfolder: ''")
     os.makedirs(target_dir, exist_ok=True)
     name = uuid.uuid4().hex + validated.extension
     # Write beside the target and rename: readers never see a half-written photo, and a
@@ -182,7 +180,7 @@ def store_image(validated: ValidatedImage, media_folder: str, subdir: str = "pro
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp_path)
         raise
-    relative = f"{subdir}/{name}"
+    relative = (target_dir / name).relative_to(os.path.realpath(media_folder)).as_posix()
     logger.info(
         "stored image %s (%s, %dx%d, sha256 %s, uploaded as %r)",
         relative,
@@ -196,29 +194,17 @@ def store_image(validated: ValidatedImage, media_folder: str, subdir: str = "pro
 
 
 def media_file_path(relative_path: str | None, media_folder: str) -> str | None:
-    """The absolute path of a file stored under ``media_folder``, or None if it points outside."""
-    if not relative_path or os.path.isabs(relative_path):
-        return None
-    root = os.path.realpath(media_folder)
-    candidate = os.path.realpath(os.path.join(root, relative_path))
-    if os.path.commonpath([root, candidate]) != root or candidate == root:
-        return None
-    return candidate
-
-
-def resolve_image_path(image_path: str | None, media_folder: str) -> str | None:
-    """Where a product's photo lives: under media for relative paths, as-is for absolute ones."""
-    if not image_path:
-        return None
-    if os.path.isabs(image_path):
-        # Catalogue photos read in place: the importer wrote this path, not an uploader.
-        return image_path
-    return media_file_path(image_path, media_folder)
+    """A file we stored, as a string; kept for callers not yet moved to ``image_file``."""
+    path = image_file(relative_path, media_folder, allow_absolute=False)
+    return None if path is None else str(path)
 
 
 def remove_stored_image(relative_path: str | None, media_folder: str) -> bool:
     """Delete a stored upload; never touches anything outside ``media_folder``."""
-    path = media_file_path(relative_path, media_folder)
+    try:
+        path = media_path(relative_path, media_folder, allow_absolute=False)
+    except OutsideMediaFolder:
+        return False  # a catalogue photo read in place, or a bad row: not ours to delete
     if path is None:
         return False
     try:

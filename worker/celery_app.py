@@ -1,7 +1,8 @@
 """Celery entry point: ``celery -A worker.celery_app worker``.
 
-Builds the Flask app (configuration, DB) and exposes its Celery app; models are not loaded
-here but lazily inside tasks, once per worker process (STYLE.md, "Models load once").
+Builds the Flask app (configuration, DB) and exposes its Celery app. Models are not loaded
+here, in the parent process, but lazily inside tasks, once per worker process: a model built
+before the fork would be copied into every child, and TensorFlow does not survive a fork.
 """
 
 from webapp import create_app

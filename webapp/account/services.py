@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from webapp.eligibility import ACTIVE
 from webapp.extensions import db
 from webapp.models import Product, Role, User
 from webapp.preferences import (
@@ -161,7 +162,7 @@ class CatalogueChoices:
 def _distinct_values(column) -> list[str]:
     """Sorted distinct non-empty values of a Product column among active products."""
     rows = db.session.scalars(
-        select(column).where(Product.active.is_(True), column.is_not(None), column != "").distinct()
+        select(column).where(*ACTIVE.clauses(), column.is_not(None), column != "").distinct()
     )
     return sorted(rows)
 
@@ -181,7 +182,7 @@ def _category_tree() -> list[MasterCategoryGroup]:
             func.count(),
         )
         .where(
-            Product.active.is_(True),
+            *ACTIVE.clauses(),
             Product.master_category.is_not(None),
             Product.sub_category.is_not(None),
             Product.article_type.is_not(None),

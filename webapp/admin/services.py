@@ -15,10 +15,13 @@ from decimal import Decimal
 from typing import Any
 
 from flask import current_app
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from webapp.extensions import db
+from webapp.extensions import db, send_task
+from webapp.inventory import index_state
 from webapp.models import Product
 from webapp.uploads import ValidatedImage, remove_stored_image, store_image
 
@@ -70,25 +73,18 @@ def on_product_changed(product_id: int, change: ProductChange) -> None:
     if change in (ProductChange.UPDATED, ProductChange.ACTIVATED, ProductChange.DEACTIVATED):
         # Looks did not change: pages read attributes and the active flag while choosing.
         return
-    from kombu.exceptions import OperationalError
-    from redis.exceptions import RedisError
-
-    from worker.tasks import ml_update_product
-
     try:
-        result = ml_update_product.delay(product_id)
+        result = send_task(index_state.UPDATE_TASK, (product_id,))
     except (OperationalError, RedisError, OSError) as exc:
         # The change is committed; the next `flask catalog embed` picks it up.
         logger.warning("could not enqueue index upkeep for product %s: %s", product_id, exc)
         return
     if result is not None and change != ProductChange.DELETED:
-        from webapp.inventory import tracking
-
         try:
-            # The product page shows this job's state (queued, running, done).
-            tracking.record(product_id, result.id, change.value)
+            # The product page shows its index state (queued, running, done).
+            index_state.record(product_id, result.id, change.value)
         except (RedisError, OSError) as exc:
-            logger.warning("could not record the index job of product %s: %s", product_id, exc)
+            logger.warning("could not record the index state of product %s: %s", product_id, exc)
 
 
 def _media_folder() -> str:

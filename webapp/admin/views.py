@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -23,6 +22,7 @@ from flask_login import current_user
 from sqlalchemy import distinct, or_, select
 from werkzeug.routing import BuildError
 
+from webapp.account.services import safe_next_url
 from webapp.admin import services
 from webapp.admin.forms import (
     TEXT_FIELDS,
@@ -32,8 +32,9 @@ from webapp.admin.forms import (
     ProductFilterForm,
 )
 from webapp.extensions import db, login_manager
+from webapp.media import image_file
 from webapp.models import Product
-from webapp.uploads import InvalidImage, resolve_image_path, validate_image
+from webapp.uploads import InvalidImage, ValidatedImage, validate_image
 
 logger = logging.getLogger(__name__)
 
@@ -89,16 +90,6 @@ def get_product_or_404(product_id: int) -> Product:
     return product
 
 
-def _safe_next(target: str | None) -> str | None:
-    """A same-site path to return to, or None (never an open redirect)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return None
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc:
-        return None
-    return target
-
-
 def _facet_options() -> dict[str, list[str]]:
     """Existing values of each text attribute, suggested while typing."""
     options: dict[str, list[str]] = {}
@@ -152,25 +143,44 @@ def product_list() -> ResponseReturnValue:
     )
 
 
-@bp.route("/products/new", methods=["GET", "POST"])
-def product_create() -> ResponseReturnValue:
-    """Add a product: every attribute plus a required photo."""
-    form = ProductCreateForm()
-    status = 200
+def _save_product_form(
+    form: ProductCreateForm | ProductEditForm,
+    save: Callable[[dict[str, Any], ValidatedImage | None], Product],
+    saved: Callable[[Product], str],
+) -> tuple[ResponseReturnValue | None, int]:
+    """Validate a product form and its photo, save, flash: the redirect after a save (None
+    otherwise) and the status to render the form with (400 with errors, 409 lost a race)."""
     if form.validate_on_submit():
         try:
-            image = validate_image(form.image.data, max_pixels=_max_pixels())
-            product = services.create_product(form.product_data(), image)
+            image = (
+                validate_image(form.image.data, max_pixels=_max_pixels())
+                if form.image.data
+                else None
+            )
+            product = save(form.product_data(), image)
         except InvalidImage as exc:
             form.image.errors.append(exc.message)
         except services.ProductSaveError as exc:
             flash(str(exc), "error")
-            status = 409
+            return None, 409
         else:
-            flash(f"Product {product.id} “{product.name}” was created.", "success")
-            return redirect(url_for(".product_edit", product_id=product.id))
-    if form.is_submitted() and status == 200:
-        status = 400
+            flash(saved(product), "success")
+            return redirect(url_for(".product_edit", product_id=product.id)), 200
+    return None, 400 if form.is_submitted() else 200
+
+
+@bp.route("/products/new", methods=["GET", "POST"])
+def product_create() -> ResponseReturnValue:
+    """Add a product: every attribute plus a required photo."""
+    form = ProductCreateForm()
+    # The form requires a photo, so ``image`` is never None once it validates.
+    done, status = _save_product_form(
+        form,
+        services.create_product,
+        lambda product: f"Product {product.id} “{product.name}” was created.",
+    )
+    if done is not None:
+        return done
     return (
         render_template("admin/product_create.html", form=form, options=_facet_options()),
         status,
@@ -182,25 +192,13 @@ def product_edit(product_id: int) -> ResponseReturnValue:
     """Change a product's attributes; the photo is replaced only when a new one is chosen."""
     product = get_product_or_404(product_id)
     form = ProductEditForm(obj=product)
-    status = 200
-    if form.validate_on_submit():
-        try:
-            image = (
-                validate_image(form.image.data, max_pixels=_max_pixels())
-                if form.image.data
-                else None
-            )
-            services.update_product(product.id, form.product_data(), image)
-        except InvalidImage as exc:
-            form.image.errors.append(exc.message)
-        except services.ProductSaveError as exc:
-            flash(str(exc), "error")
-            status = 409
-        else:
-            flash(f"Product {product.id} was saved.", "success")
-            return redirect(url_for(".product_edit", product_id=product.id))
-    if form.is_submitted() and status == 200:
-        status = 400
+    done, status = _save_product_form(
+        form,
+        lambda data, image: services.update_product(product.id, data, image),
+        lambda saved: f"Product {saved.id} was saved.",
+    )
+    if done is not None:
+        return done
     return (
         render_template(
             "admin/product_edit.html",
@@ -222,7 +220,9 @@ def _set_active(product_id: int, active: bool) -> ResponseReturnValue:
     services.set_active(product.id, active)
     word = "reactivated: it is shown in the shop" if active else "deactivated: it is hidden"
     flash(f"Product {product.id} was {word}.", "success")
-    return redirect(_safe_next(form.next.data) or url_for(".product_edit", product_id=product.id))
+    return redirect(
+        safe_next_url(form.next.data) or url_for(".product_edit", product_id=product.id)
+    )
 
 
 @bp.post("/products/<int:product_id>/deactivate")
@@ -258,8 +258,8 @@ def product_delete(product_id: int) -> ResponseReturnValue:
 def product_image(product_id: int) -> ResponseReturnValue:
     """A product's photo, inactive products included (the shop serves active ones only)."""
     product = get_product_or_404(product_id)
-    path = resolve_image_path(product.image_path, current_app.config["MEDIA_FOLDER"])
-    if path is None or not os.path.isfile(path):
+    path = image_file(product.image_path, current_app.config["MEDIA_FOLDER"])
+    if path is None or not path.is_file():
         abort(404, "This product has no photo.")
     return send_file(path, conditional=True)
 

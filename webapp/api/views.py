@@ -1,4 +1,4 @@
-"""JSON API: similar products, photo search jobs and two-image compare."""
+"""JSON API: similar products, photo search requests and two-image compare."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from webapp.search.services import MAX_N as SEARCH_MAX_N
 from webapp.search.services import (
     MODEL_ID_RE,
     PENDING,
-    JobError,
-    create_job,
+    SearchRequestError,
+    create_request,
     search_view,
-    wait_for_job,
+    wait_for_request,
 )
 from webapp.shop.services import get_product_or_404
 from webapp.similar.services import MAX_N, SimilarResult, similar_products, with_overrides
@@ -122,7 +122,8 @@ def uploaded_image(name: str):
 
 
 def wait_seconds() -> float:
-    """How long this request may wait for a job: ``wait=1`` (optionally ``timeout=S``)."""
+    """How long this call may wait for the search request to end: ``wait=1`` (optionally
+    ``timeout=S``)."""
     if not flag_arg("wait"):
         return 0.0
     limit = float(current_app.config["SEARCH_WAIT_TIMEOUT"])
@@ -138,13 +139,13 @@ def wait_seconds() -> float:
     return value
 
 
-def job_json(record: dict) -> tuple[dict, int]:
-    """A job's JSON body and HTTP status: 202 while pending, 200 when done."""
+def request_json(record: dict) -> tuple[dict, int]:
+    """A search request's JSON body and HTTP status: 202 while pending, 200 when done."""
     head = {
         "job_id": record["id"],
         "kind": record["kind"],
         "state": record["state"],
-        "status_url": url_for("api.job_status", job_id=record["id"]),
+        "status_url": url_for("api.request_status", request_id=record["id"]),
     }
     if record["kind"] == "search":
         view = search_view(record)
@@ -156,7 +157,7 @@ def job_json(record: dict) -> tuple[dict, int]:
             "all_categories": view.all_categories,
             "heads": view.heads,
             "worker_ms": view.elapsed_ms,
-            "results_url": url_for("search.job_detail", job_id=record["id"]),
+            "results_url": url_for("search.search_detail", request_id=record["id"]),
         }
         return body, view.code
     if record["state"] in PENDING:
@@ -168,8 +169,8 @@ def job_json(record: dict) -> tuple[dict, int]:
 
 def _create(kind: str, images: list, **options) -> str:
     try:
-        return create_job(kind, images, **options)
-    except JobError as exc:
+        return create_request(kind, images, **options)
+    except SearchRequestError as exc:
         abort(exc.code, exc.message)
 
 
@@ -188,37 +189,40 @@ def photo_search():
         colours += [c.strip() for c in raw.split(",") if c.strip()]
     prefs = with_overrides(current_preferences(), colours, genders[0] if genders else None)
     wait = wait_seconds()
-    job_id = _create("search", [image], n=n, all_categories=flag_arg("all_categories"), prefs=prefs)
+    request_id = _create(
+        "search", [image], n=n, all_categories=flag_arg("all_categories"), prefs=prefs
+    )
     if wait:
-        record = _wait(job_id, wait)
-        body, code = job_json(record)
+        record = _wait(request_id, wait)
+        body, code = request_json(record)
         return jsonify(body), code
     return jsonify(
         {
-            "job_id": job_id,
+            "job_id": request_id,
             "status": "pending",
             "state": "queued",
-            "status_url": url_for("api.job_status", job_id=job_id),
-            "results_url": url_for("search.job_detail", job_id=job_id),
+            "status_url": url_for("api.request_status", request_id=request_id),
+            "results_url": url_for("search.search_detail", request_id=request_id),
         }
     ), 202
 
 
-def _wait(job_id: str, seconds: float) -> dict:
+def _wait(request_id: str, seconds: float) -> dict:
     try:
-        record = wait_for_job(job_id, seconds)
-    except JobError as exc:
+        record = wait_for_request(request_id, seconds)
+    except SearchRequestError as exc:
         abort(exc.code, exc.message)
     if record is None:
         abort(404, "No such job: it may have expired. Please upload the photo again.")
     return record
 
 
-@bp.get("/jobs/<job_id>")
-def job_status(job_id: str):
-    """A photo search or compare job: its status, and its results once done (``wait=1`` waits)."""
-    record = _wait(job_id, wait_seconds())
-    body, code = job_json(record)
+@bp.get("/jobs/<request_id>")
+def request_status(request_id: str):
+    """A photo search or compare request: its status, and its results once done
+    (``wait=1`` waits)."""
+    record = _wait(request_id, wait_seconds())
+    body, code = request_json(record)
     return jsonify(body), code
 
 
@@ -232,9 +236,9 @@ def photo_compare():
     model = (request.values.get("model") or "").strip() or None
     if model is not None and not MODEL_ID_RE.match(model):
         abort(400, "'model' must be a model id such as efficientnet_lite0-57934424-160-avg.")
-    job_id = _create("compare", images, model=model)
-    record = _wait(job_id, float(current_app.config["SEARCH_WAIT_TIMEOUT"]))
-    body, code = job_json(record)
+    request_id = _create("compare", images, model=model)
+    record = _wait(request_id, float(current_app.config["SEARCH_WAIT_TIMEOUT"]))
+    body, code = request_json(record)
     if code == 200:
         body = {
             "score": body["score"],
@@ -244,6 +248,6 @@ def photo_compare():
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
             "calibrated": body["calibrated"],
             "cosine": body["cosine"],
-            "job_id": job_id,
+            "job_id": request_id,
         }
     return jsonify(body), code

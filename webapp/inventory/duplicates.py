@@ -1,15 +1,15 @@
 """Duplicate photos: byte-identical (sha256), the same picture re-encoded (perceptual hash),
-and near duplicates (embedding cosine above the calibrated threshold).
+and near duplicates (embedding cosine above the model's duplicate threshold).
 
 Plain functions over the DB session, Redis and the media folder; no TensorFlow. The
-embedding check reads the product's own neighbour list, which the index job writes a few
-seconds after a save, so it costs one Redis read.
+embedding check reads the product's own neighbour list, which the worker writes a few
+seconds after a save, so it costs one Redis read. Hashing the whole catalogue is worker
+work (``worker.jobs.hashing``); the product page hashes only its own photo when needed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -20,9 +20,10 @@ from sqlalchemy import and_, func, select
 
 from webapp.extensions import db
 from webapp.inventory import perceptual
-from webapp.inventory.calibration import threshold_for
 from webapp.media import image_file
 from webapp.models import Product, ProductImageHash
+from webapp.registry import neighbour_cache
+from webapp.thresholds import duplicate_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,9 @@ class DuplicateCheck:
         return bool(self.matches) and self.reviewed_at is None
 
 
-def _hash_photo(product_id: int, image_path: str | None, sha: str | None) -> str | None:
-    """The perceptual hash of a product's photo, or None when it cannot be read."""
+def photo_hash(product_id: int, image_path: str | None, sha: str | None) -> str | None:
+    """The perceptual hash of a product's photo, or None when it cannot be read (or has no
+    sha256 to tell later whether the hash is still the photo's)."""
     path = image_file(image_path, current_app.config["MEDIA_FOLDER"])
     if path is None or not sha:
         return None
@@ -75,7 +77,7 @@ def ensure_hash(product: Product) -> ProductImageHash | None:
     row = db.session.get(ProductImageHash, product.id)
     if row is not None and row.image_sha256 == product.image_sha256:
         return row
-    value = _hash_photo(product.id, product.image_path, product.image_sha256)
+    value = photo_hash(product.id, product.image_path, product.image_sha256)
     if value is None:
         return None
     if row is None:
@@ -87,63 +89,6 @@ def ensure_hash(product: Product) -> ProductImageHash | None:
     row.reviewed_at = row.reviewed_by = None  # a new photo needs a new look
     db.session.commit()
     return row
-
-
-def hash_products(
-    product_ids: Iterable[int] | None = None,
-    *,
-    batch: int = 500,
-    progress: Callable[[int, int], None] | None = None,
-) -> int:
-    """Compute missing or stale hashes (for the given products, or the whole catalogue)."""
-    stmt = (
-        select(Product.id, Product.image_path, Product.image_sha256)
-        .outerjoin(ProductImageHash, ProductImageHash.product_id == Product.id)
-        .where(
-            Product.image_path.is_not(None),
-            Product.image_sha256.is_not(None),
-            (ProductImageHash.product_id.is_(None))
-            | (ProductImageHash.image_sha256 != Product.image_sha256),
-        )
-        .order_by(Product.id)
-    )
-    if product_ids is not None:
-        wanted = sorted({int(p) for p in product_ids})
-        todo = []
-        for start in range(0, len(wanted), SQL_CHUNK):
-            todo += db.session.execute(
-                stmt.where(Product.id.in_(wanted[start : start + SQL_CHUNK]))
-            ).all()
-    else:
-        todo = db.session.execute(stmt).all()
-    db.session.rollback()
-    done = 0
-    for start in range(0, len(todo), batch):
-        chunk = todo[start : start + batch]
-        existing = {
-            r.product_id: r
-            for r in db.session.scalars(
-                select(ProductImageHash).where(
-                    ProductImageHash.product_id.in_([t.id for t in chunk])
-                )
-            )
-        }
-        now = datetime.now(UTC)
-        for pid, path, sha in chunk:
-            value = _hash_photo(pid, path, sha)
-            if value is None:
-                continue
-            row = existing.get(pid)
-            if row is None:
-                row = ProductImageHash(product_id=pid)
-                db.session.add(row)
-            row.image_sha256, row.phash, row.computed_at = sha, value, now
-            row.reviewed_at = row.reviewed_by = None
-            done += 1
-        db.session.commit()
-        if progress:
-            progress(start + len(chunk), len(todo))
-    return done
 
 
 # Per process and database: (signature, ids, hashes, shas). Loading 40,000 hashes takes
@@ -249,14 +194,12 @@ def find_matches(
 
 def _similar_matches(products: dict, found: dict) -> bool:
     """Add neighbours above the threshold from each product's own list; False if unavailable."""
-    from webapp.similar import indexing
-
     try:
-        cache = indexing.neighbour_cache()
+        cache = neighbour_cache()
         model_id = cache.active_model()
         if model_id is None:
             return False
-        threshold, _ = threshold_for(model_id)
+        threshold, _ = duplicate_threshold(model_id)
         ids = list(products)
         lists = cache.get_lists(model_id, ids)
     except RedisError as exc:
@@ -289,14 +232,12 @@ def check_product(product: Product) -> DuplicateCheck:
     if hash_row is not None:
         check.reviewed_at, check.reviewed_by = hash_row.reviewed_at, hash_row.reviewed_by
     try:
-        from webapp.similar import indexing
-
-        cache = indexing.neighbour_cache()
+        cache = neighbour_cache()
         model_id = cache.active_model()
         check.similar_checked = (
             model_id is not None and cache.get_list(model_id, product.id) is not None
         )
-        check.threshold, check.threshold_source = threshold_for(model_id)
+        check.threshold, check.threshold_source = duplicate_threshold(model_id)
     except RedisError:
         check.similar_checked = False
     return check

@@ -6,53 +6,32 @@ loads a model or the embeddings themselves.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from celery.result import AsyncResult
 from flask import current_app
 from sqlalchemy import func, select
 
-from ml.cache import NeighbourCache
-from webapp import jobs
+from webapp import exclusive, registry
 from webapp.extensions import db, get_redis
-from webapp.inventory.calibration import calibration_info, threshold_for
 from webapp.models import Product
+from webapp.thresholds import duplicate_threshold, duplicate_threshold_info
 
 logger = logging.getLogger(__name__)
 
 PING_TIMEOUT_S = 1.0
 
 
-def embedded_ids_count(folder: Path) -> int | None:
-    """How many products a model's embedding store holds, from its id files only.
-
-    Follows the store's documented layout (``state.json``, ``base-N/ids.npy``, ``parts``)
-    without touching the vectors, so the panel stays fast on a large catalogue.
-    """
+def embedded_ids_count(model_id: str) -> int | None:
+    """How many products a model's embedding store holds (None when it cannot be read)."""
     try:
-        state_file = folder / "state.json"
-        state = (
-            json.loads(state_file.read_text())
-            if state_file.exists()
-            else {"base": None, "folded_through": 0}
-        )
-        ids: set[int] = set()
-        if state.get("base") is not None:
-            ids = set(np.load(folder / f"base-{state['base']}" / "ids.npy").tolist())
-        for part in sorted((folder / "parts").glob("*.npz")):
-            if int(part.stem) <= state.get("folded_through", 0):
-                continue
-            with np.load(part) as data:
-                ids -= set(data["deleted"].tolist())
-                ids |= set(data["ids"].tolist())
-        return len(ids)
+        return registry.store_for(model_id).id_count()
     except (OSError, ValueError, KeyError) as exc:
-        logger.warning("cannot count the embeddings in %s: %s", folder, exc)
+        logger.warning("cannot count the embeddings of %s: %s", model_id, exc)
         return None
 
 
@@ -93,8 +72,6 @@ def is_embedding_model(name: str) -> bool:
 
 def index_status(ping: bool = True) -> dict[str, Any]:
     """Everything the panel shows, JSON-ready apart from datetimes."""
-    from worker.tasks import CALIBRATE_JOB, HASH_JOB, INDEX_JOB
-
     started = time.perf_counter()
     status: dict[str, Any] = {"redis_ok": True}
     status["products"] = db.session.scalar(select(func.count()).select_from(Product)) or 0
@@ -114,11 +91,12 @@ def index_status(ping: bool = True) -> dict[str, Any]:
     )
     try:
         redis = get_redis()
-        cache = NeighbourCache(redis)
+        cache = registry.neighbour_cache()
         active = cache.active_model()
         status["queues"] = {name: int(redis.llen(name)) for name in queue_names()}
         status["jobs"] = {
-            name: jobs.in_flight(name) for name in (INDEX_JOB, HASH_JOB, CALIBRATE_JOB)
+            name: exclusive.in_flight(name)
+            for name in (exclusive.INDEX, exclusive.HASHING, exclusive.DUPLICATE_THRESHOLD)
         }
         metas = {p.name: cache.meta(p.name) for p in folders}
         if active and active not in metas:
@@ -130,12 +108,12 @@ def index_status(ping: bool = True) -> dict[str, Any]:
         status["queues"], status["jobs"] = {}, {}
     models = []
     for model_id, meta in sorted(metas.items(), key=lambda kv: (kv[0] != active, kv[0])):
-        threshold, source = threshold_for(model_id)
+        threshold, source = duplicate_threshold(model_id)
         models.append(
             {
                 "model_id": model_id,
                 "active": model_id == active,
-                "embedded": embedded_ids_count(models_root / model_id),
+                "embedded": embedded_ids_count(model_id),
                 "lists": int(meta["count"]) if meta.get("count") else 0,
                 "k": meta.get("k"),
                 "complete": meta.get("complete") == "1",
@@ -143,12 +121,12 @@ def index_status(ping: bool = True) -> dict[str, Any]:
                 "updated_at": _when(meta.get("updated_at")),
                 "threshold": threshold,
                 "threshold_source": source,
-                "calibration": calibration_info(model_id),
+                "threshold_info": duplicate_threshold_info(model_id),
             }
         )
     status["active"] = active
     status["models"] = models
-    status["index_job"] = _job_state(status["jobs"].get(INDEX_JOB))
+    status["index_job"] = _job_state(status["jobs"].get(exclusive.INDEX))
     status["workers"] = workers_alive() if ping else None
     status["seconds"] = round(time.perf_counter() - started, 3)
     return status
@@ -158,8 +136,6 @@ def _job_state(task_id: str | None) -> dict[str, Any] | None:
     """State and progress of a queued or running task."""
     if not task_id:
         return None
-    from celery.result import AsyncResult
-
     try:
         result = AsyncResult(task_id)
         info = result.info if isinstance(result.info, dict) else {}

@@ -2,7 +2,7 @@
 inherits the admin area's rule (sign in first; non-admins get a 403).
 
 Bulk imports (upload, jobs list, live progress, report), the duplicate groups, a product's
-index job state, and the index status panel with "Rebuild everything".
+index state, and the index status panel with "Rebuild everything".
 """
 
 from __future__ import annotations
@@ -25,14 +25,15 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from webapp import jobs as queue_jobs
+from webapp import exclusive
 from webapp.admin.forms import ActionForm
 from webapp.extensions import csrf, db
-from webapp.inventory import duplicates, tracking
-from webapp.inventory import jobs as import_jobs
+from webapp.inventory import duplicates, imports, index_state
 from webapp.inventory.forms import BulkImportForm
 from webapp.inventory.safety import UploadRejected
 from webapp.inventory.status import index_status
@@ -40,7 +41,7 @@ from webapp.models import ImportJob, Product
 
 logger = logging.getLogger(__name__)
 
-bp = Blueprint("inventory", __name__, cli_group="inventory")
+bp = Blueprint("inventory", __name__)
 
 JOBS_PER_PAGE = 25
 GROUPS_PER_PAGE = 20
@@ -49,7 +50,7 @@ REPORT_PREVIEW = 200
 
 def get_job_or_404(job_id: int) -> ImportJob:
     """Load an import job, or answer 404."""
-    job = import_jobs.get_job(job_id)
+    job = imports.get_job(job_id)
     if job is None:
         abort(404, f"There is no import job {job_id}.")
     return job
@@ -83,7 +84,7 @@ def import_list() -> ResponseReturnValue:
     return render_template(
         "admin/import_list.html",
         results=results,
-        progress={job.id: import_jobs.progress(job) for job in results.items},
+        progress={job.id: imports.progress(job) for job in results.items},
     )
 
 
@@ -108,7 +109,7 @@ def import_new() -> ResponseReturnValue:
     status, problem = 200, None
     if form.validate_on_submit():
         try:
-            job = import_jobs.create_job(form.styles.data, form.photos.data, current_user)
+            job = imports.create_job(form.styles.data, form.photos.data, current_user)
         except UploadRejected as exc:
             problem, status = exc.message, 400
         else:
@@ -126,8 +127,8 @@ def import_new() -> ResponseReturnValue:
 def import_detail(job_id: int) -> ResponseReturnValue:
     """A job's live progress (the page polls its JSON) and, once done, its report."""
     job = get_job_or_404(job_id)
-    info = import_jobs.progress(job)
-    rows = import_jobs.report_rows(job.id, limit=REPORT_PREVIEW)
+    info = imports.progress(job)
+    rows = imports.report_rows(job.id, limit=REPORT_PREVIEW)
     linked = {
         p.id: p
         for p in db.session.scalars(
@@ -150,7 +151,7 @@ def import_detail(job_id: int) -> ResponseReturnValue:
         rows=rows,
         linked=linked,
         preview=REPORT_PREVIEW,
-        can_resume=import_jobs.can_resume(job),
+        can_resume=imports.can_resume(job),
         action_form=ActionForm(),
     )
 
@@ -159,7 +160,7 @@ def import_detail(job_id: int) -> ResponseReturnValue:
 def import_progress(job_id: int) -> ResponseReturnValue:
     """The job's progress as JSON, for the page's polling script."""
     job = get_job_or_404(job_id)
-    response = jsonify(import_jobs.progress(job))
+    response = jsonify(imports.progress(job))
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -169,7 +170,7 @@ def import_report(job_id: int) -> ResponseReturnValue:
     """Every skipped row, suspected duplicate and ignored file, as a CSV download."""
     job = get_job_or_404(job_id)
     return Response(
-        stream_with_context(import_jobs.report_csv(job.id)),
+        stream_with_context(imports.report_csv(job.id)),
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="import-{job.id}-report.csv"'},
     )
@@ -181,9 +182,9 @@ def import_resume(job_id: int) -> ResponseReturnValue:
     job = get_job_or_404(job_id)
     if not ActionForm().validate_on_submit():
         abort(400)
-    if not import_jobs.can_resume(job):
+    if not imports.can_resume(job):
         flash("This job cannot be resumed: it is done, running, or its files are gone.", "error")
-    elif import_jobs.resume(job):
+    elif imports.resume(job):
         flash(f"Import job {job.id} was queued again.", "success")
     else:
         flash("The task queue is unreachable; try again in a moment.", "error")
@@ -201,10 +202,8 @@ def duplicate_groups() -> ResponseReturnValue:
     lookalikes, total_lookalikes = duplicates.lookalike_groups()
     hashed, with_photo = duplicates.hash_coverage()
     pages = max(1, -(-total_groups // GROUPS_PER_PAGE))
-    from worker.tasks import HASH_JOB
-
     try:
-        hashing = queue_jobs.in_flight(HASH_JOB)
+        hashing = exclusive.in_flight(exclusive.HASHING)
     except Exception:
         hashing = None
     return render_template(
@@ -228,21 +227,21 @@ def duplicate_hash() -> ResponseReturnValue:
     """Queue the perceptual hashing of every photo that has no hash yet."""
     if not ActionForm().validate_on_submit():
         abort(400)
-    from worker.tasks import HASH_JOB, hash_product_images
-
-    _enqueue_once(HASH_JOB, hash_product_images.delay, "Hashing the catalogue's photos")
+    _enqueue_once(
+        exclusive.HASHING, "worker.tasks.hash_product_images", "Hashing the catalogue's photos"
+    )
     return redirect(url_for(".duplicate_groups"))
 
 
 @bp.get("/products/<int:product_id>/index-job")
 def product_index_job(product_id: int) -> ResponseReturnValue:
-    """A product's latest index job (queued, running, done) and its possible duplicates."""
+    """A product's index state (queued, running, done) and its possible duplicates."""
     product = get_product_or_404(product_id)
     check = duplicates.check_product(product)
     response = jsonify(
         {
             "product_id": product.id,
-            "job": tracking.state(product.id),
+            "job": index_state.state(product.id),
             "duplicates": [
                 {
                     "id": m.product.id,
@@ -277,7 +276,7 @@ def product_keep(product_id: int) -> ResponseReturnValue:
 def product_panels(product: Product) -> dict[str, Any]:
     """What the product edit page shows about index upkeep and duplicates."""
     return {
-        "index_job": tracking.state(product.id),
+        "index_job": index_state.state(product.id),
         "duplicate_check": duplicates.check_product(product) if product.image_path else None,
     }
 
@@ -293,13 +292,10 @@ def index_panel() -> ResponseReturnValue:
     )
 
 
-def _enqueue_once(name: str, enqueue, what: str) -> None:
-    """Queue a job unless one of its kind is in flight; tell the admin which happened."""
-    from kombu.exceptions import OperationalError
-    from redis.exceptions import RedisError
-
+def _enqueue_once(name: str, task_name: str, what: str) -> None:
+    """Queue a task unless work of its kind is in flight; tell the admin which happened."""
     try:
-        task_id, new = queue_jobs.enqueue_once(name, enqueue)
+        task_id, new = exclusive.enqueue_once(name, task_name)
     except (OperationalError, RedisError, OSError) as exc:
         logger.warning("could not queue %s: %s", name, exc)
         flash("The task queue is unreachable; try again in a moment.", "error")
@@ -315,9 +311,7 @@ def index_rebuild() -> ResponseReturnValue:
     """Rebuild every embedding and list beside the served ones; pages switch when complete."""
     if not ActionForm().validate_on_submit():
         abort(400)
-    from worker.tasks import INDEX_JOB, ml_index_catalog
-
-    _enqueue_once(INDEX_JOB, ml_index_catalog.delay, "Rebuilding the index")
+    _enqueue_once(exclusive.INDEX, "worker.tasks.ml_index_catalog", "Rebuilding the index")
     return redirect(url_for(".index_panel"))
 
 
@@ -326,9 +320,9 @@ def index_tune() -> ResponseReturnValue:
     """Tune the backbone on the catalogue; pages switch to its lists when they are complete."""
     if not ActionForm().validate_on_submit():
         abort(400)
-    from worker.tasks import INDEX_JOB, ml_tune_catalog
-
-    _enqueue_once(INDEX_JOB, ml_tune_catalog.delay, "Tuning the backbone on the catalogue")
+    _enqueue_once(
+        exclusive.INDEX, "worker.tasks.ml_tune_catalog", "Tuning the backbone on the catalogue"
+    )
     return redirect(url_for(".index_panel"))
 
 
@@ -337,40 +331,9 @@ def index_calibrate() -> ResponseReturnValue:
     """Calibrate the near-duplicate threshold of the served model on the catalogue."""
     if not ActionForm().validate_on_submit():
         abort(400)
-    from worker.tasks import CALIBRATE_JOB, ml_calibrate_duplicates
-
     _enqueue_once(
-        CALIBRATE_JOB,
-        lambda: ml_calibrate_duplicates.apply_async(queue=import_jobs.BUILD_QUEUE),
+        exclusive.DUPLICATE_THRESHOLD,
+        "worker.tasks.ml_calibrate_duplicates",
         "Calibrating the duplicate check",
     )
     return redirect(url_for(".index_panel"))
-
-
-# -- command line ----------------------------------------------------------------------------
-
-
-@bp.cli.command("calibrate")
-def calibrate_command() -> None:
-    """Calibrate the near-duplicate threshold of the served model here and now."""
-    import click
-
-    from webapp.inventory.calibration import calibrate_model
-    from webapp.similar import indexing
-
-    backbone = indexing.load_backbone()
-    try:
-        result = calibrate_model(backbone=backbone, copies=200)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-    for key, value in result.items():
-        click.echo(f"{key}: {value}")
-
-
-@bp.cli.command("duplicate-groups")
-def duplicate_groups_command() -> None:
-    """Count the catalogue's groups of byte-identical photos."""
-    import click
-
-    _groups, total_groups, total_products = duplicates.identical_groups(1, 1)
-    click.echo(f"{total_groups} groups of byte-identical photos, {total_products} products")

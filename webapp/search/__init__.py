@@ -1,1 +1,1 @@
-"""Photo search and two-image compare: upload pages, job pages, and the worker pipeline."""
+"""Photo search and two-image compare: upload pages, result pages, search requests in Redis."""

@@ -1,17 +1,17 @@
-"""Photo search and compare jobs: uploads, job records in Redis, waiting, results, retention.
+"""Photo search and compare requests: uploads, their records in Redis, waiting, results, retention.
 
-The web tier stores the upload under a generated name, writes a job record and enqueues a
-task on the ``ml`` queue (``worker.tasks.ml_search_photo`` / ``ml_compare_photos``); the task
-(``webapp.search.pipeline``) writes the answer into the same record. Pages and the API read
-the record; nothing here imports TensorFlow.
+The web tier stores the upload under a generated name, writes a search request's record and
+enqueues its task by name on the ``ml`` queue (``worker.tasks.ml_search_photo`` /
+``ml_compare_photos``); the worker writes the answer into the same record. Pages and the API
+read the record; nothing here imports the worker or TensorFlow.
 
-Job record, JSON under ``search:job:<id>`` with the retention period as its TTL::
+A search request's record, JSON under ``search:job:<id>`` with the retention period as its TTL::
 
     {"id", "kind": "search" | "compare", "state": "queued" | "running" | "done" | "failed",
      "created_at", "images": [relative paths], "n", "all_categories", "prefs", "model",
      "result": {...} (done), "error": message, "code": HTTP status (failed)}
 
-When a job ends the worker pushes to ``search:done:<id>`` so a waiting request wakes at once.
+When a request ends the worker pushes to ``search:done:<id>`` so a waiting page wakes at once.
 """
 
 from __future__ import annotations
@@ -27,10 +27,13 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+import redis as redis_lib
 from flask import current_app
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 from sqlalchemy import select
 
-from webapp.extensions import db, get_redis
+from webapp.extensions import db, get_redis, send_task
 from webapp.models import Product
 from webapp.preferences import Preferences
 from webapp.similar.selection import reasons
@@ -40,15 +43,17 @@ from webapp.uploads import ValidatedImage, media_file_path, store_image
 logger = logging.getLogger(__name__)
 
 UPLOAD_SUBDIR = "search-uploads"
-JOB_KEY = "search:job:{id}"
+REQUEST_KEY = "search:job:{id}"
 DONE_KEY = "search:done:{id}"
 CLEANUP_KEY = "search:cleanup"
-JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,120}$")
 PENDING = ("queued", "running")
 UNAVAILABLE = "Photo search is unavailable right now. Please try again shortly."
 MAX_N = 50
-# What each search level means to a shopper (set by the pipeline per item).
+# The worker task that answers each kind of request.
+TASKS = {"search": "worker.tasks.ml_search_photo", "compare": "worker.tasks.ml_compare_photos"}
+# What each search level means to a shopper (set by the worker per item).
 LEVEL_REASONS = {
     "photo": "practically the same photo",
     "colour": "in the predicted type and colour",
@@ -58,8 +63,8 @@ LEVEL_REASONS = {
 }
 
 
-class JobError(Exception):
-    """A job that cannot be created or read right now; ``code`` is the HTTP status to use."""
+class SearchRequestError(Exception):
+    """A search request that cannot be created or read right now; ``code`` is the HTTP status."""
 
     def __init__(self, message: str, code: int = 503) -> None:
         super().__init__(message)
@@ -68,20 +73,20 @@ class JobError(Exception):
 
 
 def retention_s() -> int:
-    """How long uploads and job records are kept, in seconds."""
+    """How long uploads and search request records are kept, in seconds."""
     return max(60, int(current_app.config["SEARCH_RETENTION_MINUTES"] * 60))
 
 
-def valid_job_id(job_id: str) -> bool:
-    """Job ids are 32 lowercase hex digits (random: knowing one is what grants access)."""
-    return bool(JOB_ID_RE.match(job_id or ""))
+def valid_request_id(request_id: str) -> bool:
+    """Request ids are 32 lowercase hex digits (random: knowing one is what grants access)."""
+    return bool(REQUEST_ID_RE.match(request_id or ""))
 
 
-def _key(job_id: str) -> str:
-    return JOB_KEY.format(id=job_id)
+def _key(request_id: str) -> str:
+    return REQUEST_KEY.format(id=request_id)
 
 
-def create_job(
+def create_request(
     kind: str,
     images: list[ValidatedImage],
     *,
@@ -90,15 +95,12 @@ def create_job(
     prefs: Preferences | None = None,
     model: str | None = None,
 ) -> str:
-    """Store the uploads, write the job record and enqueue its task; returns the job id."""
-    from kombu.exceptions import OperationalError as KombuOperationalError
-    from redis.exceptions import RedisError
-
+    """Store the uploads, write the request's record and enqueue its task; returns its id."""
     media = current_app.config["MEDIA_FOLDER"]
-    job_id = uuid.uuid4().hex
+    request_id = uuid.uuid4().hex
     paths = [store_image(image, media, UPLOAD_SUBDIR) for image in images]
     record = {
-        "id": job_id,
+        "id": request_id,
         "kind": kind,
         "state": "queued",
         "created_at": time.time(),
@@ -109,69 +111,60 @@ def create_job(
         "model": model,
     }
     try:
-        get_redis().set(_key(job_id), json.dumps(record), ex=retention_s())
-        _enqueue(kind, job_id)
+        get_redis().set(_key(request_id), json.dumps(record), ex=retention_s())
+        _enqueue(kind, request_id)
     except (RedisError, OSError, KombuOperationalError) as exc:
-        logger.warning("could not enqueue %s job: %s", kind, exc)
+        logger.warning("could not enqueue %s request: %s", kind, exc)
         for path in paths:
-            _remove_upload(path)
-        _delete_quietly(_key(job_id))
-        raise JobError(UNAVAILABLE) from exc
-    return job_id
+            remove_upload(path)
+        _delete_quietly(_key(request_id))
+        raise SearchRequestError(UNAVAILABLE) from exc
+    return request_id
 
 
-def _enqueue(kind: str, job_id: str) -> None:
-    from worker.tasks import ml_compare_photos, ml_search_photo
-
-    task = ml_search_photo if kind == "search" else ml_compare_photos
-    # The task id is the job id, so the worker log and the record name the same thing.
-    task.apply_async(args=[job_id], task_id=job_id)
+def _enqueue(kind: str, request_id: str) -> None:
+    # The task id is the request id, so the worker log and the record name the same thing.
+    send_task(TASKS[kind], (request_id,), task_id=request_id)
 
 
 def _delete_quietly(key: str) -> None:
     """Delete a key, ignoring a Redis that is down (nothing to clean then anyway)."""
-    from redis.exceptions import RedisError
-
     with contextlib.suppress(RedisError):
         get_redis().delete(key)
 
 
-def get_job(job_id: str) -> dict[str, Any] | None:
-    """The job record, or None when the id is malformed, unknown or expired."""
-    from redis.exceptions import RedisError
-
-    if not valid_job_id(job_id):
+def get_request(request_id: str) -> dict[str, Any] | None:
+    """The request's record, or None when the id is malformed, unknown or expired."""
+    if not valid_request_id(request_id):
         return None
     try:
-        raw = get_redis().get(_key(job_id))
+        raw = get_redis().get(_key(request_id))
     except RedisError as exc:
-        raise JobError(UNAVAILABLE) from exc
+        raise SearchRequestError(UNAVAILABLE) from exc
     return None if raw is None else json.loads(raw)
 
 
-def update_job(job_id: str, **changes: Any) -> dict[str, Any] | None:
-    """Merge changes into a job record (keeping its TTL); None when it expired meanwhile."""
-    raw = get_redis().get(_key(job_id))
+def update_request(request_id: str, **changes: Any) -> dict[str, Any] | None:
+    """Merge changes into a request's record (keeping its TTL); None when it expired meanwhile."""
+    raw = get_redis().get(_key(request_id))
     if raw is None:
         return None
     record = {**json.loads(raw), **changes}
-    get_redis().set(_key(job_id), json.dumps(record), keepttl=True)
+    get_redis().set(_key(request_id), json.dumps(record), keepttl=True)
     return record
 
 
-def notify_done(job_id: str) -> None:
-    """Wake whoever waits on this job."""
+def notify_done(request_id: str) -> None:
+    """Wake whoever waits on this request."""
     pipe = get_redis().pipeline(transaction=False)
-    pipe.rpush(DONE_KEY.format(id=job_id), 1)
-    pipe.expire(DONE_KEY.format(id=job_id), 120)
+    pipe.rpush(DONE_KEY.format(id=request_id), 1)
+    pipe.expire(DONE_KEY.format(id=request_id), 120)
     pipe.execute()
 
 
-def wait_for_job(job_id: str, timeout: float) -> dict[str, Any] | None:
-    """The job record once it has ended, or as it stands when ``timeout`` seconds pass."""
-    import redis as redis_lib
-
-    record = get_job(job_id)
+def wait_for_request(request_id: str, timeout: float) -> dict[str, Any] | None:
+    """The request's record once it has ended, or as it stands when ``timeout`` seconds pass."""
+    record = get_request(request_id)
     deadline = time.monotonic() + timeout
     if record is None or record["state"] not in PENDING or timeout <= 0:
         return record
@@ -184,7 +177,7 @@ def wait_for_job(job_id: str, timeout: float) -> dict[str, Any] | None:
             socket_connect_timeout=current_app.config["REDIS_TIMEOUT"],
         )
         current_app.extensions["search_redis"] = client
-    done_key = DONE_KEY.format(id=job_id)
+    done_key = DONE_KEY.format(id=request_id)
     try:
         while True:
             left = deadline - time.monotonic()
@@ -193,15 +186,15 @@ def wait_for_job(job_id: str, timeout: float) -> dict[str, Any] | None:
             popped = client.blpop([done_key], timeout=max(0.01, left))
             if popped is not None:
                 client.rpush(done_key, 1)  # put it back for any other waiter
-            record = get_job(job_id)
+            record = get_request(request_id)
             if record is None or record["state"] not in PENDING:
                 return record
     except redis_lib.RedisError as exc:
-        raise JobError(UNAVAILABLE) from exc
+        raise SearchRequestError(UNAVAILABLE) from exc
 
 
-def job_photo_path(record: dict[str, Any], index: int = 0) -> str | None:
-    """The absolute path of a job's uploaded photo, if it is still kept."""
+def request_photo_path(record: dict[str, Any], index: int = 0) -> str | None:
+    """The absolute path of a request's uploaded photo, if it is still kept."""
     images = record.get("images") or []
     if index >= len(images):
         return None
@@ -214,9 +207,9 @@ def job_photo_path(record: dict[str, Any], index: int = 0) -> str | None:
 
 @dataclass
 class SearchView:
-    """What a results page or the API shows for a search job."""
+    """What a results page or the API shows for a search request."""
 
-    job_id: str
+    request_id: str
     state: str
     result: SimilarResult
     predictions: list[dict[str, Any]]
@@ -228,16 +221,23 @@ class SearchView:
 
 
 def search_view(record: dict[str, Any]) -> SearchView:
-    """Turn a search job record into products with scores and reasons (one DB query)."""
+    """Turn a search request's record into products with scores and reasons (one DB query)."""
     state = record["state"]
-    job_id = record["id"]
+    request_id = record["id"]
     if state in PENDING:
         result = SimilarResult("pending", message="Searching the catalogue...")
-        return SearchView(job_id, state, result, [], None, record["all_categories"], None, 202)
+        return SearchView(request_id, state, result, [], None, record["all_categories"], None, 202)
     if state == "failed":
         result = SimilarResult("failed", message=record.get("error") or "The search failed.")
         return SearchView(
-            job_id, state, result, [], None, record["all_categories"], None, record.get("code", 503)
+            request_id,
+            state,
+            result,
+            [],
+            None,
+            record["all_categories"],
+            None,
+            record.get("code", 503),
         )
     found = record["result"]
     ids = [item[0] for item in found["items"]]
@@ -256,7 +256,7 @@ def search_view(record: dict[str, Any]) -> SearchView:
         "ok", items, message=found.get("message") or "", model_id=found.get("model")
     )
     return SearchView(
-        job_id,
+        request_id,
         state,
         result,
         found["predictions"],
@@ -271,7 +271,8 @@ def search_view(record: dict[str, Any]) -> SearchView:
 # -- retention ------------------------------------------------------------------------------
 
 
-def _remove_upload(relative: str) -> None:
+def remove_upload(relative: str) -> None:
+    """Delete one uploaded photo now (compare photos go as soon as they are scored)."""
     path = media_file_path(relative, current_app.config["MEDIA_FOLDER"])
     if path:
         with contextlib.suppress(FileNotFoundError):

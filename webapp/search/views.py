@@ -35,11 +35,11 @@ PREDICTION_LABELS = {
 REFRESH_S = 2
 
 
-def get_job_or_404(job_id: str, kind: str) -> dict:
-    """A job record of this kind, or a 404 page (unknown, expired or malformed id)."""
+def get_request_or_404(request_id: str, kind: str) -> dict:
+    """A search request's record of this kind, or a 404 page (unknown, expired or malformed)."""
     try:
-        record = services.get_job(job_id)
-    except services.JobError as exc:
+        record = services.get_request(request_id)
+    except services.SearchRequestError as exc:
         abort(exc.code, exc.message)
     if record is None or record.get("kind") != kind:
         abort(404, "This search has expired or never existed. Please upload the photo again.")
@@ -64,29 +64,29 @@ def photo_upload() -> ResponseReturnValue:
         image = _validated(form.image)
         if image is not None:
             try:
-                job_id = services.create_job(
+                request_id = services.create_request(
                     "search",
                     [image],
                     n=current_app.config["SEARCH_RESULTS_N"],
                     all_categories=bool(form.all_categories.data),
                     prefs=current_preferences(),
                 )
-            except services.JobError as exc:
+            except services.SearchRequestError as exc:
                 error = exc.message
             else:
-                return redirect(url_for("search.job_detail", job_id=job_id), 303)
+                return redirect(url_for("search.search_detail", request_id=request_id), 303)
     status = 503 if error else (400 if form.is_submitted() else 200)
     return render_template("search/photo_upload.html", form=form, error=error), status
 
 
-@bp.get("/jobs/<job_id>")
-def job_detail(job_id: str) -> ResponseReturnValue:
+@bp.get("/jobs/<request_id>")
+def search_detail(request_id: str) -> ResponseReturnValue:
     """A search's page: the photo, the predicted categories and the results once ready."""
-    record = get_job_or_404(job_id, "search")
+    record = get_request_or_404(request_id, "search")
     view = services.search_view(record)
-    has_photo = services.job_photo_path(record) is not None
+    has_photo = services.request_photo_path(record) is not None
     return render_template(
-        "search/job_detail.html",
+        "search/search_detail.html",
         view=view,
         has_photo=has_photo,
         action_form=ActionForm(),
@@ -96,11 +96,11 @@ def job_detail(job_id: str) -> ResponseReturnValue:
     )
 
 
-@bp.get("/jobs/<job_id>/photo")
-def job_photo(job_id: str) -> ResponseReturnValue:
+@bp.get("/jobs/<request_id>/photo")
+def query_photo(request_id: str) -> ResponseReturnValue:
     """The uploaded photo of a search (kept for the retention period only)."""
-    record = get_job_or_404(job_id, "search")
-    path = services.job_photo_path(record)
+    record = get_request_or_404(request_id, "search")
+    path = services.request_photo_path(record)
     if path is None:
         abort(404, "This photo has been deleted.")
     response = send_file(path, max_age=0)
@@ -108,14 +108,14 @@ def job_photo(job_id: str) -> ResponseReturnValue:
     return response
 
 
-@bp.post("/jobs/<job_id>/all")
-def job_widen(job_id: str) -> ResponseReturnValue:
+@bp.post("/jobs/<request_id>/all")
+def search_wider(request_id: str) -> ResponseReturnValue:
     """Search the same photo again within all categories (the classifier is overridden)."""
-    record = get_job_or_404(job_id, "search")
+    record = get_request_or_404(request_id, "search")
     form = ActionForm()
     if not form.validate_on_submit():
         abort(400, "The form expired. Please reload the page and try again.")
-    path = services.job_photo_path(record)
+    path = services.request_photo_path(record)
     if path is None:
         abort(404, "This photo has been deleted. Please upload it again.")
     with open(path, "rb") as fh:
@@ -124,16 +124,16 @@ def job_widen(job_id: str) -> ResponseReturnValue:
         except InvalidImage as exc:  # pragma: no cover - it passed the same check on upload
             abort(400, exc.message)
     try:
-        new_id = services.create_job(
+        new_id = services.create_request(
             "search",
             [image],
             n=record.get("n") or current_app.config["SEARCH_RESULTS_N"],
             all_categories=True,
             prefs=current_preferences(),
         )
-    except services.JobError as exc:
+    except services.SearchRequestError as exc:
         abort(exc.code, exc.message)
-    return redirect(url_for("search.job_detail", job_id=new_id), 303)
+    return redirect(url_for("search.search_detail", request_id=new_id), 303)
 
 
 @bp.route("/compare", methods=["GET", "POST"])
@@ -145,19 +145,19 @@ def compare_upload() -> ResponseReturnValue:
         images = [_validated(form.image_1), _validated(form.image_2)]
         if all(images):
             try:
-                job_id = services.create_job("compare", images)
-            except services.JobError as exc:
+                request_id = services.create_request("compare", images)
+            except services.SearchRequestError as exc:
                 error = exc.message
             else:
-                return redirect(url_for("search.compare_detail", job_id=job_id), 303)
+                return redirect(url_for("search.compare_detail", request_id=request_id), 303)
     status = 503 if error else (400 if form.is_submitted() else 200)
     return render_template("search/compare_upload.html", form=form, error=error), status
 
 
-@bp.get("/compare/<job_id>")
-def compare_detail(job_id: str) -> ResponseReturnValue:
+@bp.get("/compare/<request_id>")
+def compare_detail(request_id: str) -> ResponseReturnValue:
     """A compare's result: score, verdict and the calibrated threshold."""
-    record = get_job_or_404(job_id, "compare")
+    record = get_request_or_404(request_id, "compare")
     return render_template(
         "search/compare_detail.html",
         record=record,

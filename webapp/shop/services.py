@@ -1,8 +1,9 @@
 """Catalogue queries: filters, facet counts, search, sorting, pagination and visibility.
 
-The where-clause builders (``active_product_clauses``, ``preference_clauses``) are shared
-with every other place that lists products (similar products, photo search), so a shopper's
-preferences and the active flag mean the same thing everywhere.
+Which products a shopper may see at all (active, allowed by their preferences) comes from
+``webapp.eligibility``, as for every other place that lists products, so preferences and
+the active flag mean the same thing everywhere. Catalogue pages also list products that are
+out of stock.
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from sqlalchemy import (
     func,
     literal_column,
     null,
-    or_,
     select,
-    true,
     union_all,
 )
 from sqlalchemy.orm import InstrumentedAttribute
 from werkzeug.datastructures import MultiDict
 
+from webapp.eligibility import ACTIVE, Eligibility
 from webapp.extensions import db
 from webapp.models import FACETS, Product
 from webapp.preferences import Preferences
@@ -163,36 +163,6 @@ def parse_catalog_args(args: MultiDict[str, str]) -> CatalogQuery:
     return CatalogQuery(q=q, filters=filters, sort=sort, page=max(page, 1))
 
 
-def active_product_clauses() -> list[ColumnElement[bool]]:
-    """Where-clauses that keep only products shoppers may see."""
-    # "= true" rather than "IS TRUE": PostgreSQL can use an index for the former only.
-    return [Product.active == true()]
-
-
-def _not_in(
-    column: InstrumentedAttribute[str | None], values: Iterable[str]
-) -> ColumnElement[bool]:
-    # SQL's NOT IN is never true for NULL; a product without that attribute is not hidden.
-    return or_(column.is_(None), column.not_in(sorted(values)))
-
-
-def preference_clauses(prefs: Preferences) -> list[ColumnElement[bool]]:
-    """Where-clauses on Product that apply a shopper's preferences (same rules as ``excludes``).
-
-    Hidden categories and preferred genders always apply; disliked colours only when the
-    shopper chose to hide them.
-    """
-    clauses: list[ColumnElement[bool]] = []
-    if prefs.genders:
-        clauses.append(Product.gender.in_(sorted(prefs.genders)))
-    for level, values in prefs.hidden.items():
-        if values:
-            clauses.append(_not_in(facet_column(level), values))
-    if prefs.hide_disliked_colours and prefs.disliked_colours:
-        clauses.append(_not_in(Product.base_colour, prefs.disliked_colours))
-    return clauses
-
-
 def search_clauses(q: str) -> list[ColumnElement[bool]]:
     """Case-insensitive substring match on the name (ILIKE on PostgreSQL, LIKE on SQLite)."""
     if not q:
@@ -264,7 +234,7 @@ class CatalogPage:
 
 def base_clauses(query: CatalogQuery, prefs: Preferences) -> list[ColumnElement[bool]]:
     """Everything but the facet selections: active, preferences and the search text."""
-    return [*active_product_clauses(), *preference_clauses(prefs), *search_clauses(query.q)]
+    return [*Eligibility.of(prefs, in_stock=False).clauses(), *search_clauses(query.q)]
 
 
 def _facet_values(counts: dict[str, int], selected: Iterable[str]) -> list[FacetValue]:
@@ -405,6 +375,6 @@ def get_product_or_404(product_id: int) -> Product:
     if not 0 < product_id <= MAX_PRODUCT_ID:
         abort(404)
     product = db.session.get(Product, product_id)
-    if product is None or (not product.active and not viewer_is_admin()):
+    if product is None or (not ACTIVE.allows(product) and not viewer_is_admin()):
         abort(404)
     return product

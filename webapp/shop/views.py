@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -20,8 +19,8 @@ from flask import (
     send_file,
     url_for,
 )
-from werkzeug.security import safe_join
 
+from webapp.media import OutsideMediaFolder, media_path
 from webapp.preferences import current_preferences
 from webapp.shop import services
 from webapp.shop.services import FACET_LABELS, SORTS, CatalogArgsError
@@ -88,16 +87,14 @@ def product_detail(product_id: int) -> str:
 def product_image(product_id: int) -> Response:
     """The product's photo, cacheable; the placeholder when it has none."""
     product = services.get_product_or_404(product_id)
-    path = product.image_path
-    if path and not os.path.isabs(path):
-        joined = safe_join(current_app.config["MEDIA_FOLDER"], path)
-        if joined is None:
-            # Stored paths come from our own importer and uploads; one that climbs out of
-            # the media folder is a bad row, never something to serve.
-            logger.warning("product %s has an unsafe image path %r", product.id, path)
-            abort(404)
-        path = joined
-    if not path or not os.path.isfile(path):
+    try:
+        path = media_path(product.image_path, current_app.config["MEDIA_FOLDER"])
+    except OutsideMediaFolder as exc:
+        # Stored paths come from our own importer and uploads; one that leads out of the
+        # media folder is a bad row, never something to serve.
+        logger.warning("product %s has an unsafe image path: %s", product.id, exc)
+        abort(404)
+    if path is None or not path.is_file():
         return redirect(url_for("static", filename=PLACEHOLDER_IMAGE))
     response = send_file(path, conditional=True, etag=True)
     response.cache_control.public = True

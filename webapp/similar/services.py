@@ -6,17 +6,16 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from flask import current_app
 from redis.exceptions import RedisError
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
-from ml.cache import NeighbourCache
 from ml.neighbours import query as nearest
 from ml.store import EmbeddingStore
-from webapp.extensions import db, get_redis
+from webapp import registry
+from webapp.eligibility import Eligibility, eligible_clauses  # noqa: F401 (re-exported)
+from webapp.extensions import db
 from webapp.models import Product
 from webapp.preferences import Preferences
-from webapp.shop.services import active_product_clauses, preference_clauses
 from webapp.similar.selection import choose, reasons
 
 logger = logging.getLogger(__name__)
@@ -62,19 +61,10 @@ def with_overrides(
     return out
 
 
-def eligible_clauses(prefs: Preferences) -> list:
-    """Products a shopper may be shown: active, in stock, allowed by their preferences."""
-    return [
-        *active_product_clauses(),
-        or_(Product.stock.is_(None), Product.stock > 0),
-        *preference_clauses(prefs),
-    ]
-
-
 def similar_products(product: Product, prefs: Preferences, n: int) -> SimilarResult:
     """Top-n products that look like ``product``, preferences applied while choosing."""
     try:
-        cache = NeighbourCache(get_redis())
+        cache = registry.neighbour_cache()
         model_id = cache.active_model()
         if model_id is None:
             return SimilarResult("pending", message="Recommendations are being prepared.")
@@ -91,18 +81,14 @@ def similar_products(product: Product, prefs: Preferences, n: int) -> SimilarRes
         ids = [pid for pid, _ in ranked]
         rows = {p.id: p for p in db.session.scalars(select(Product).where(Product.id.in_(ids)))}
 
+    eligibility = Eligibility.of(prefs)
+
     def is_eligible(pid: int) -> bool:
         p = rows.get(pid)
-        return (
-            p is not None
-            and p.id != product.id
-            and p.active
-            and p.in_stock
-            and not prefs.excludes(p)
-        )
+        return p is not None and p.id != product.id and eligibility.allows(p)
 
     def fallback(chosen: set[int], missing: int) -> list[tuple[int, float]]:
-        found = _filtered_search(model_id, product, prefs, chosen, missing)
+        found = _filtered_search(model_id, product, eligibility, chosen, missing)
         if found:
             ids = [pid for pid, _ in found if pid not in rows]
             rows.update(
@@ -124,12 +110,12 @@ def similar_products(product: Product, prefs: Preferences, n: int) -> SimilarRes
 def _store(model_id: str) -> EmbeddingStore:
     store = _stores.get(model_id)
     if store is None:
-        store = _stores[model_id] = EmbeddingStore(current_app.config["MODEL_FOLDER"], model_id)
+        store = _stores[model_id] = registry.store_for(model_id)
     return store
 
 
 def _filtered_search(
-    model_id: str, product: Product, prefs: Preferences, exclude: set[int], missing: int
+    model_id: str, product: Product, eligibility: Eligibility, exclude: set[int], missing: int
 ) -> list[tuple[int, float]]:
     """Exact search among eligible products only: used when the cached K run out."""
     store = _store(model_id)
@@ -139,7 +125,7 @@ def _filtered_search(
         return []
     eligible = np.fromiter(
         db.session.scalars(
-            select(Product.id).where(*eligible_clauses(prefs), Product.id != product.id)
+            select(Product.id).where(*eligibility.clauses(), Product.id != product.id)
         ),
         dtype=np.int64,
     )

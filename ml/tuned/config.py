@@ -1,0 +1,105 @@
+"""What a tuned network is made of: its settings, where a backbone is cut, its model id, and
+the classes its classifiers name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+NETWORK_VERSION = 1
+OTHER = "(other)"
+CLASSIFIERS = ("sub", "type", "colour")
+# Where each backbone is cut: the layers above are trained, the ones below stay ImageNet's.
+CUT_LAYERS = {
+    # the end of the stride-8 stage: 20x20 maps at 160 px
+    "efficientnet_lite0": "block4_add",
+    "efficientnet_lite1": "block6_add",
+    "efficientnet_lite2": "block6_add",
+    "resnet50": "conv4_block6_out",
+    "tiny": "conv1",
+}
+TUNED_MARK = ".ft"
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Hyper-parameters of the fine-tuning (part of what the model id digests)."""
+
+    epochs: int = 8
+    batch_size: int = 128
+    learning_rate: float = 5e-4
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    dropout: float = 0.3
+    shift: int = 1  # maps are shifted at random by up to this many cells
+    scale: float = 16.0  # logit scale on the unit-normalised features
+    # Shares of the served embedding's cosine: features, type probabilities, colour
+    # descriptor, colour probabilities (see ``ml.tuned``).
+    fusion: tuple[float, float, float, float] = (0.3, 0.35, 0.15, 0.2)
+    mirror: bool = True  # train on mirror images too; embed as the mean of both
+    min_count: int = 10  # classes with fewer examples are merged into "(other)"
+    cut: str | None = None  # None: the backbone's CUT_LAYERS entry
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+        object.__setattr__(self, "fusion", tuple(float(w) for w in self.fusion))
+        if (
+            len(self.fusion) != 4
+            or min(self.fusion) < 0
+            or abs(sum(self.fusion) - 1.0) > 1e-6
+            or self.fusion[0] == 0
+            or self.fusion[2] == 0
+        ):
+            raise ValueError(
+                "fusion needs four non-negative shares summing to 1, the features' and the "
+                "colour descriptor's above 0"
+            )
+        if self.shift < 0 or self.min_count < 1:
+            raise ValueError("shift must be >= 0 and min_count >= 1")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return asdict(self)
+
+
+def is_tuned_id(model_id: str) -> bool:
+    """True for the id of a tuned network (``<base>.ft<digest>``)."""
+    base, mark, digest = model_id.rpartition(TUNED_MARK)
+    return (
+        bool(base)
+        and bool(mark)
+        and len(digest) == 8
+        and all(c in "0123456789abcdef" for c in digest)
+    )
+
+
+def base_model_id(model_id: str) -> str:
+    """The backbone model id a tuned network was built on (the id itself when not tuned)."""
+    return model_id.rpartition(TUNED_MARK)[0] if is_tuned_id(model_id) else model_id
+
+
+def cut_layer(backbone: Any, config: TuneConfig = TuneConfig()) -> str:
+    """The layer the backbone is cut at (a clear error for a backbone that has no such layer)."""
+    name = config.cut or CUT_LAYERS.get(backbone.name)
+    if name is None:
+        raise ValueError(f"no cut layer known for backbone {backbone.name!r}")
+    try:
+        backbone.model.get_layer(name)
+    except ValueError as exc:
+        raise ValueError(f"backbone {backbone.model_id} has no layer {name!r}") from exc
+    return name
+
+
+def class_indices(classes: Sequence[str], labels: Sequence[str | None]) -> np.ndarray:
+    """Each label's class index: a rare label goes to ``(other)`` when there is one; -1 for
+    no label, or for one the classifier cannot name."""
+    index = {c: i for i, c in enumerate(classes)}
+    other = index.get(OTHER, -1)
+    return np.asarray([index.get(lab, other) if lab else -1 for lab in labels], np.int64)

@@ -1,0 +1,182 @@
+"""``flask model evaluate`` (``worker.jobs.evaluation``) on a small labelled catalogue."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import save_photo, write_query_folder
+from webapp.quality import services
+
+
+def test_leave_one_out_prints_the_report_table_and_stores_json(labelled, tmp_path):
+    app, model_id = labelled
+    out = tmp_path / "out.json"
+    result = app.test_cli_runner().invoke(
+        args=["model", "evaluate", "--min-type-count", "0", "--k", "5", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "leave-one-out" in text and model_id in text
+    assert "ResNet50 (reference report)" in text
+    # the report's rows, with its figures printed beside ours
+    for feature, figure in (
+        ("articleType", "82.21"),
+        ("gender", "81.02"),
+        ("gender+articleType", "67.50"),
+    ):
+        line = next(ln for ln in text.splitlines() if ln.strip().startswith(feature + " "))
+        assert figure in line
+    data = json.loads(out.read_text())
+    assert data["kind"] == "leave-one-out" and data["options"]["k"] == 5
+    (model,) = data["models"]
+    assert model["name"] == "plain" and model["queries"] == 48 and model["index"] == 48
+    assert set(model["table"]) == {"articleType", "gender", "gender+articleType"}
+    assert set(model["table"]["gender"]) == {"0.2", "0.1", "0"}
+    # The photos are coloured rectangles: colour decides, and gender follows type exactly.
+    assert model["table"]["gender"] == model["table"]["articleType"]
+    assert 0 <= model["colour_match_at_k"] <= 1 and 0 <= model["map_at_k"] <= 1
+    assert data["commit"] and data["machine"]["cores"]
+    with app.app_context():
+        latest = services.latest_results()
+    assert latest["leave-one-out"]["created_at"] == data["created_at"]
+
+
+def test_the_report_rule_keeps_only_common_article_types(labelled):
+    app, _ = labelled
+    result = app.test_cli_runner().invoke(
+        args=["model", "evaluate", "--min-type-count", "25", "--no-save"]
+    )
+    # each type has 24 products: none reaches 25, so there is nothing to ask
+    assert result.exit_code == 0, result.output
+    assert "0 queries" in result.output
+
+
+def test_held_out_split_never_indexes_the_queries(labelled, tmp_path):
+    app, _ = labelled
+    out = tmp_path / "split.json"
+    result = app.test_cli_runner().invoke(
+        args=[
+            "model",
+            "evaluate",
+            "--split",
+            "0.25",
+            "--head",
+            "all",
+            "--k",
+            "5",
+            "--latency-sample",
+            "3",
+            "--json",
+            str(out),
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["kind"] == "held-out"
+    assert data["split"]["held"] == 12 and data["split"]["kept"] == 36  # 25 % of each stratum
+    names = [m["name"] for m in data["models"]]
+    assert names == ["plain", "colour", "projection", "tuned"]
+    for m in data["models"]:
+        assert m["queries"] == 12 and m["index"] == 36
+        assert "photo-search pipeline" in m["ranking"]
+        assert m["latency"]["n"] == 3
+    assert "photo-search heads" in data["models"][0]["classifier"]
+    assert "projection" in data["models"][2]["classifier"]
+    assert list(data["models"][3]["classifier"]) == ["the tuned backbone's heads"]
+    # Colour decides these photos: adding the colour descriptor cannot make colour worse.
+    assert data["models"][1]["colour_match_at_k"] >= data["models"][0]["colour_match_at_k"]
+    # Same split again: the cached heads and projection are reused, the figures repeat.
+    again = app.test_cli_runner().invoke(
+        args=[
+            "model",
+            "evaluate",
+            "--split",
+            "0.25",
+            "--head",
+            "projection",
+            "--k",
+            "5",
+            "--latency-sample",
+            "0",
+            "--no-save",
+            "--json",
+            str(tmp_path / "again.json"),
+        ]
+    )
+    assert again.exit_code == 0, again.output
+    assert "Training" not in again.output
+    second = json.loads((tmp_path / "again.json").read_text())["models"][0]
+    assert second["table"] == data["models"][2]["table"]
+    # Both classifiers voting, the predicted colour first.
+    voted = app.test_cli_runner().invoke(
+        args=[
+            "model",
+            "evaluate",
+            "--split",
+            "0.25",
+            "--head",
+            "projection",
+            "--k",
+            "5",
+            "--classifier",
+            "ensemble",
+            "--colour-first",
+            "--latency-sample",
+            "0",
+            "--no-save",
+            "--json",
+            str(tmp_path / "voted.json"),
+        ]
+    )
+    assert voted.exit_code == 0, voted.output
+    third = json.loads((tmp_path / "voted.json").read_text())
+    assert third["models"][0]["ranking"] == (
+        "photo-search pipeline (classifier: heads + projection; predicted colour first)"
+    )
+    assert "--classifier ensemble --colour-first" in third["command"]
+    assert "heads + projection" in third["models"][0]["classifier"]
+
+
+def test_query_folder_of_products_outside_the_catalogue(labelled, tmp_path):
+    app, _ = labelled
+    folder = write_query_folder(tmp_path / "queries")
+    result = app.test_cli_runner().invoke(
+        args=[
+            "model",
+            "evaluate",
+            "--queries",
+            str(folder),
+            "--k",
+            "5",
+            "--no-save",
+            "--latency-sample",
+            "2",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "3 photos of" in result.output
+        and "1 catalogue products in the folder left out" in result.output
+    )
+    assert "3 queries, 48 products indexed" in result.output
+
+
+def test_query_folder_must_hold_new_products(labelled, tmp_path):
+    app, _ = labelled
+    folder = tmp_path / "same"
+    (folder / "images").mkdir(parents=True)
+    save_photo(folder / "images", "2000.jpg", "Red", 1)
+    (folder / "styles.csv").write_text(
+        "id,gender,articleType,baseColour,subCategory\n2000,Men,Shirts,Red,Topwear\n"
+    )
+    result = app.test_cli_runner().invoke(args=["model", "evaluate", "--queries", str(folder)])
+    assert result.exit_code != 0 and "outside the catalogue" in result.output
+
+
+def test_evaluate_without_embeddings_says_what_to_do(app):
+    app.config.update(EMBEDDING_BACKBONE="tiny")
+    result = app.test_cli_runner().invoke(
+        args=["model", "evaluate", "--model", "tiny-seed0-32-avg"]
+    )
+    assert result.exit_code != 0
+    assert "embed" in result.output

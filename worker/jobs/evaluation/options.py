@@ -1,0 +1,53 @@
+"""What one evaluation run does: its options, the evaluated models' names, its errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import current_app
+
+from ml import evaluation as ev
+
+HEADS = ("plain", "colour", "projection", "tuned")
+HEAD_DESCRIPTIONS = {
+    "plain": "backbone embedding, cosine",
+    "colour": "backbone embedding + colour descriptor (weighted)",
+    "projection": "projections trained on the frozen embedding (type + colour) + embedding + "
+    "colour descriptor",
+    "tuned": "catalogue-tuned backbone: its features, type and colour predictions, colour "
+    "descriptor",
+}
+
+Say = Callable[[str], None]
+
+
+class EvaluationError(Exception):
+    """An evaluation that cannot run (nothing embedded, bad query folder...)."""
+
+
+@dataclass
+class Options:
+    """What one evaluation run does."""
+
+    model_id: str
+    heads: tuple[str, ...] = ("plain",)
+    k: int = 10
+    min_type_count: int = ev.REFERENCE_MIN_TYPE_COUNT
+    split: float | None = None
+    seed: int = 0
+    queries: str | None = None
+    colour_weight: float = 0.3
+    classifier: str = "heads"  # heads | projection | ensemble: which classifier narrows searches
+    colour_first: bool | None = None  # photo searches: the predicted colour first within the
+    # type (None: as the shop is configured, SEARCH_COLOUR_FIRST)
+    latency_sample: int = 50
+    retrain: bool = False
+    network: str | None = None  # the tuned model id leave-one-out serves (None: the newest)
+
+
+def colour_first(opts: Options) -> bool:
+    """Whether photo searches put the predicted colour first: the option, else the shop's."""
+    if opts.colour_first is not None:
+        return opts.colour_first
+    return bool(current_app.config["SEARCH_COLOUR_FIRST"])
