@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from ml.neighbours import all_neighbours
 from ml.thresholds import DEFAULT_DUPLICATE_THRESHOLD
-from tests.conftest import add_product, save_photo
+from tests.conftest import REFERENCE_CATALOG, add_product, save_photo
 from tests.inventory_data import build_upload, photo_bytes, reencoded
 from webapp import exclusive, registry
 from webapp.extensions import db
@@ -544,7 +544,7 @@ def test_batched_upkeep_resumes_from_its_plan(catalogue, tmp_path):
 # -- duplicates -------------------------------------------------------------------------------
 
 
-CATALOGUE_IMAGES = Path(__file__).resolve().parents[1] / "../shared/data/fashion-small/images"
+CATALOGUE_IMAGES = REFERENCE_CATALOG / "images"
 
 
 def rescaled(data: bytes, factor: float) -> bytes:

@@ -24,7 +24,7 @@ import numpy as np
 from sqlalchemy import ColumnElement, or_, select, true
 
 from webapp.extensions import db
-from webapp.models import FACETS, Product
+from webapp.models import FACETS, Product, stock_available
 from webapp.preferences import HIDE_LEVELS, Preferences
 
 # Every Product attribute a condition may read, for callers that load columns themselves.
@@ -74,7 +74,7 @@ class InStock:
 
     def test(self, value: Any) -> bool:
         """True unless the stock is known to be zero or less (NaN counts as unknown)."""
-        return value is None or not value <= 0
+        return stock_available(value)
 
     def clause(self) -> ColumnElement[bool]:
         """NULL or positive stock."""

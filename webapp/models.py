@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from flask_login import UserMixin
 from sqlalchemy import (
@@ -40,6 +41,12 @@ FACETS: dict[str, str] = {
     "season": "season",
     "usage": "usage",
 }
+
+
+def stock_available(stock: Any) -> bool:
+    """The stock rule: unknown stock (None or NaN) counts as available; only zero or less
+    is out of stock. Eligibility's in-stock condition tests the same function."""
+    return stock is None or not stock <= 0
 
 
 class Product(db.Model):
@@ -86,8 +93,8 @@ class Product(db.Model):
 
     @property
     def in_stock(self) -> bool:
-        """Unknown stock counts as available; only an explicit 0 is out of stock."""
-        return self.stock is None or self.stock > 0
+        """Unknown stock counts as available; only zero or less is out of stock."""
+        return stock_available(self.stock)
 
     def __repr__(self) -> str:
         return f"<Product {self.id} {self.name!r}>"

@@ -1,4 +1,5 @@
-"""Choosing what to show from ranked candidates: preferences apply while choosing (rule 5)."""
+"""Choosing what to show from ranked candidates: preferences apply while choosing (README,
+"Architecture", rule 6)."""
 
 from __future__ import annotations
 
