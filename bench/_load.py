@@ -1,7 +1,8 @@
 """Load generator for bench_similar.py, run as a separate process.
 
 Reads request paths from stdin, sends them to 127.0.0.1:PORT with CONCURRENCY keep-alive
-clients, prints JSON {latencies_ms, errors, first_error}.
+clients (with the Cookie header given as an optional third argument), prints JSON
+{latencies_ms, errors, first_error}.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 
 def main() -> None:
     port, concurrency = int(sys.argv[1]), int(sys.argv[2])
+    headers = {"Cookie": sys.argv[3]} if len(sys.argv) > 3 else {}
     paths = [line.strip() for line in sys.stdin if line.strip()]
     latencies: list[float] = []
     errors: list[str] = []
@@ -31,7 +33,7 @@ def main() -> None:
             t0 = time.perf_counter()
             for attempt in range(50 if i < concurrency else 1):
                 try:
-                    conn.request("GET", paths[i])
+                    conn.request("GET", paths[i], headers=headers)
                     resp = conn.getresponse()
                     resp.read()
                     break

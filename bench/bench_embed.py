@@ -15,7 +15,6 @@ import csv
 import logging
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from ml.backbones import get_backbone  # noqa: E402
 from ml.preprocess import batch_to_square  # noqa: E402
+from ml.provenance import git_commit  # noqa: E402
 
 DEFAULT_CATALOG = REPO_ROOT.parent / "shared" / "data" / "fashion-small"
 # (backbone, input size, weights); the last one is the baseline for the ratio column.
@@ -47,21 +47,6 @@ def catalogue_paths(catalog: Path, n: int) -> list[Path]:
                 if len(paths) == n:
                     break
     return paths
-
-
-def git_commit() -> str:
-    """Short commit hash of the checkout, or "unknown"."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def bench_one(
@@ -112,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | "
-        f"{os.cpu_count()} CPUs | TensorFlow {tf.__version__} | commit {git_commit()}"
+        f"{os.cpu_count()} CPUs | TensorFlow {tf.__version__} | "
+        f"commit {git_commit(mark_dirty=False)}"
     )
     print(f"{len(paths)} catalogue photos from {args.catalog}, batch size {args.batch_size}")
     load_before = os.getloadavg()[0]

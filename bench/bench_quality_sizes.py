@@ -34,10 +34,10 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.bench_embed import git_commit  # noqa: E402
 from ml import evaluation as ev  # noqa: E402
 from ml.backbones import get_backbone  # noqa: E402
 from ml.preprocess import load_image  # noqa: E402
+from ml.provenance import git_commit  # noqa: E402
 
 DEFAULT_CATALOG = REPO_ROOT.parent / "shared" / "data" / "fashion-small"
 
@@ -90,7 +90,7 @@ def main() -> None:
     print(f"{len(paths)} photos, stratified by gender + articleType (seed {args.seed})")
     print(
         f"machine: {platform.node()}, {os.cpu_count()} cores, load {os.getloadavg()} | "
-        f"commit {git_commit()}"
+        f"commit {git_commit(mark_dirty=False)}"
     )
     images = [load_image(p) for p in paths]
     args.cache.mkdir(parents=True, exist_ok=True)

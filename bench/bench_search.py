@@ -36,9 +36,6 @@ import os
 import platform
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +46,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_embed import git_commit  # noqa: E402
+from bench._stack import Stack  # noqa: E402
+from ml.provenance import git_commit  # noqa: E402
 
 SIZES = [(60, 80), (120, 160), (240, 320), (480, 640), (960, 1280), (1500, 2000)]
 FORMATS = ["JPEG", "JPEG", "JPEG", "PNG", "WEBP"]
@@ -59,12 +57,6 @@ TARGET_P95_MS = 300.0
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0-100)."""
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load_styles(catalog: Path) -> dict[int, dict[str, str]]:
@@ -118,60 +110,6 @@ def outside_photo(path: Path, rng: random.Random) -> bytes:
     canvas = Image.new("RGB", (int(img.width * 1.3), int(img.height * 1.2)), (232, 232, 228))
     canvas.paste(img, ((canvas.width - img.width) // 2, (canvas.height - img.height) // 2))
     return encode(canvas, "JPEG")
-
-
-class Stack:
-    """gunicorn + one Celery worker process with a given environment."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = env
-        self.port = free_port()
-        self.log_dir = log_dir
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self) -> None:
-        worker_log = open(self.log_dir / "worker.log", "ab")  # noqa: SIM115
-        web_log = open(self.log_dir / "web.log", "ab")  # noqa: SIM115
-        self.procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                 "-Q", "default,ml", "--concurrency", "1", "--loglevel", "WARNING",
-                 "--without-gossip", "--without-mingle", "--without-heartbeat"],
-                cwd=ROOT, env=self.env, stdout=worker_log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )  # fmt: skip
-        self.procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "webapp:create_app()", "--bind",
-                 f"127.0.0.1:{self.port}", "--workers", "2", "--log-level", "warning"],
-                cwd=ROOT, env=self.env, stdout=web_log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )  # fmt: skip
-        import requests
-
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url("/search/"), timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                time.sleep(0.5)
-        raise RuntimeError(f"web server did not start; see {self.log_dir}/web.log")
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def search(session, stack: Stack, data: bytes, **fields) -> tuple[float, dict]:
@@ -355,7 +293,8 @@ def main() -> int:
     load = os.getloadavg()
     print(
         f"machine: {platform.machine()} cpus={os.cpu_count()} load={load[0]:.1f} | "
-        f"commit: {git_commit()} | catalogue: {len(ids)} products | uploads per backbone: "
+        f"commit: {git_commit(mark_dirty=False)} | catalogue: {len(ids)} products | "
+        "uploads per backbone: "
         f"{args.uploads} (sizes 60x80..1500x2000; JPEG, PNG, WebP)"
     )
     print(f"{'backbone (model id)':<44} | {'p50 ms':>7} | {'p95 ms':>7} | {'max ms':>7} | "

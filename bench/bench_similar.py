@@ -31,7 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_embed import bench_one, catalogue_paths, git_commit  # noqa: E402
+from bench.bench_embed import bench_one, catalogue_paths  # noqa: E402
+from ml.provenance import git_commit  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
         f"python={platform.python_version()} load={os.getloadavg()[0]:.1f} | model: {model_id} | "
-        f"commit: {git_commit()} | products: {products}"
+        f"commit: {git_commit(mark_dirty=False)} | products: {products}"
     )
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}} | {'ours':<22} | {'baseline':<40} | ratio")

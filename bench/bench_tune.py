@@ -23,7 +23,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.bench_embed import git_commit  # noqa: E402
+from ml.provenance import git_commit  # noqa: E402
 
 
 def per_second(fn, count: int) -> float:
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | "
-        f"{os.cpu_count()} CPUs | TensorFlow {tf.__version__} | commit {git_commit()}"
+        f"{os.cpu_count()} CPUs | TensorFlow {tf.__version__} | "
+        f"commit {git_commit(mark_dirty=False)}"
     )
     print(f"tuned {tuned.model_id} (cut at {network.meta['cut']}), base {base.model_id}")
     print(f"load average before/after: {load_before:.1f} / {load_after:.1f}")

@@ -27,9 +27,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.bench_embed import git_commit  # noqa: E402
 from bench.bench_quality_sizes import DEFAULT_CATALOG, stratified_sample  # noqa: E402
 from ml import evaluation as ev  # noqa: E402
+from ml.provenance import git_commit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: done", flush=True)
 
     print(
-        f"machine: {platform.node()} | {os.cpu_count()} CPUs | commit {git_commit()} | "
+        f"machine: {platform.node()} | {os.cpu_count()} CPUs | "
+        f"commit {git_commit(mark_dirty=False)} | "
         f"load {load_before:.1f} -> {os.getloadavg()[0]:.1f} | input {args.size} px, "
         f"{args.epochs} epochs"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -16,6 +17,9 @@ from ml.backbones import resnet50_weights_status
 from ml.evaluation import REFERENCE_MIN_TYPE_COUNT
 from webapp import exclusive
 from worker.jobs import evaluation, training, tuning
+from worker.jobs.evaluation.feed import FeedOptions, format_feed_result, run_feed
+from worker.jobs.evaluation.options import WILD_GENERATED
+from worker.jobs.evaluation.wild import format_wild_result
 from worker.jobs.tuning import VAL_FRACTION
 
 # Catalogue photos are 60x80: at 160 px EfficientNet-Lite0 embeds about three times faster on
@@ -123,6 +127,15 @@ def check_backbone_command() -> None:
     help="Hold out this share of the catalogue (stratified by gender + articleType; not "
     "indexed, not trained on) and search it as uploaded photos.",
 )
+@click.option(
+    "--wild",
+    is_flag=False,
+    flag_value=WILD_GENERATED,
+    metavar="[DIR]",
+    help="With --split: also search shopper-like photos of the same held-out products and "
+    "print both side by side; made here (seeded by --seed), or read from DIR/images/<id>.jpg "
+    "(bench/make_wild_queries.py writes such a folder).",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the --split draw.")
 @click.option("--k", default=10, show_default=True, type=click.IntRange(1, 100))
 @click.option(
@@ -170,6 +183,7 @@ def evaluate_command(
     heads: tuple[str, ...],
     queries: str | None,
     split: float | None,
+    wild: str | None,
     seed: int,
     k: int,
     min_type_count: int,
@@ -185,6 +199,8 @@ def evaluate_command(
     by side with ours, precision@k, colour-match@k, mAP@k, classifier accuracy, latency."""
     if queries and split:
         raise click.UsageError("--queries and --split are two kinds of query set: pick one")
+    if wild and not split:
+        raise click.UsageError("--wild photographs the products --split holds out: add --split")
     try:
         model_id, network = evaluation.resolve_model_and_network(model)
         default = ("plain", "tuned") if network else ("plain",)
@@ -203,11 +219,44 @@ def evaluate_command(
             colour_first=colour_first,
             latency_sample=latency_sample,
             retrain=retrain,
+            wild=wild,
         )
         result = evaluation.run(opts, say=lambda line: click.echo(line, err=True))
     except evaluation.EvaluationError as exc:
         raise click.ClickException(str(exc)) from exc
-    for line in format_result(result):
+    for line in format_result(result) + format_wild_result(result):
+        click.echo(line)
+    if not no_save or json_out:
+        path = evaluation.save_result(result, json_out, store=not no_save)
+        also = f" and {json_out}" if json_out and str(path) != json_out else ""
+        click.echo(f"Saved to {path}{also}.")
+
+
+@model_cli.command("evaluate-feed")
+@click.option(
+    "--shoppers",
+    default=500,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Simulated shoppers (each likes 3 products of a hidden gender + article type, half "
+    "of them of one colour too).",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the shoppers' draw.")
+@click.option("--k", default=12, show_default=True, type=click.IntRange(1, 50))
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write here.")
+@click.option("--no-save", is_flag=True, help="Do not store it as the latest feed measure.")
+def evaluate_feed_command(
+    shoppers: int, seed: int, k: int, json_out: str | None, no_save: bool
+) -> None:
+    """Measure the "For you" feed on simulated shoppers against the served neighbour lists:
+    hit rate@k against most viewed and "similar to the last liked", and what marking
+    3 products of a colour "not interested" does to that colour's share. Stored for the
+    admin Quality page."""
+    try:
+        result = run_feed(FeedOptions(shoppers, seed, k), say=_note)
+    except evaluation.EvaluationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in format_feed_result(result):
         click.echo(line)
     if not no_save or json_out:
         path = evaluation.save_result(result, json_out, store=not no_save)
@@ -251,12 +300,25 @@ def train_command(
         raise click.ClickException(str(exc)) from exc
 
 
-@model_cli.command("calibrate-compare")
-@click.option("--model", "model_id", help="Model id (default: the served one).")
-@click.option(
-    "--target-precision", default=0.9, show_default=True, type=click.FloatRange(0.5, 0.999)
+# The options of ``calibrate-compare``, in --help order; its old name ``calibrate`` takes them too.
+CALIBRATE_OPTIONS = (
+    click.option("--model", "model_id", help="Model id (default: the served one)."),
+    click.option(
+        "--target-precision", default=0.9, show_default=True, type=click.FloatRange(0.5, 0.999)
+    ),
+    click.option("--seed", default=0, show_default=True, type=int),
 )
-@click.option("--seed", default=0, show_default=True, type=int)
+
+
+def calibrate_options(command: Callable) -> Callable:
+    """Add ``CALIBRATE_OPTIONS`` to a command, as if each were a decorator above it."""
+    for option in reversed(CALIBRATE_OPTIONS):
+        command = option(command)
+    return command
+
+
+@model_cli.command("calibrate-compare")
+@calibrate_options
 def calibrate_compare_command(model_id: str | None, target_precision: float, seed: int) -> None:
     """Calibrate the two-image compare threshold on catalogue pairs."""
     try:
@@ -267,9 +329,7 @@ def calibrate_compare_command(model_id: str | None, target_precision: float, see
 
 @model_cli.command("calibrate", hidden=True)
 @click.pass_context
-@click.option("--model", "model_id")
-@click.option("--target-precision", default=0.9, type=click.FloatRange(0.5, 0.999))
-@click.option("--seed", default=0, type=int)
+@calibrate_options
 def calibrate_command(
     ctx: click.Context, model_id: str | None, target_precision: float, seed: int
 ) -> None:

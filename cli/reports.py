@@ -60,55 +60,67 @@ def format_result(result: dict[str, Any]) -> list[str]:
         f"  took {result['seconds']} s",
     ]
     reference = result.get("reference", {}).get("table", REFERENCE_TABLE)
-    cols = [tolerance_key(t) for t in TOLERANCES]
     for model in result["models"]:
         lines += [
             "",
             f"[{model['name']}] {model['model_id']}",
             f"  {model['description']}; ranking: {model['ranking']}",
             f"  {model['queries']} queries, {model['index']} products indexed",
-            "  Performance (share of queries whose top-k error <= tolerance), ours vs "
-            f"{REFERENCE_NAME}, %:",
-            "  " + f"{'feature':<20}" + "".join(f"{'tol ' + c:>24}" for c in cols),
-            "  " + f"{'':<20}" + "".join(f"{'ours  report    diff':>24}" for _ in cols),
         ]
-        for feature in FEATURES:
-            cells = []
-            for c in cols:
-                ours = model["table"][feature][c]
-                ref = reference[feature][c]
-                diff = "   n/a" if ours is None else f"{100 * (ours - ref):+6.2f}"
-                cells.append(f"{_pct(ours)}  {_pct(ref)}  {diff}")
-            lines.append("  " + f"{feature:<20}" + "".join(f"{cell:>24}" for cell in cells))
-        p = model["precision_at_k"]
+        lines += _table_lines(model["table"], reference)
+        lines += _measure_lines(model)
+    return lines
+
+
+def _table_lines(table: dict[str, Any], reference: dict[str, Any]) -> list[str]:
+    """A model's share of queries within each tolerance, beside the reference report's."""
+    cols = [tolerance_key(t) for t in TOLERANCES]
+    lines = [
+        "  Performance (share of queries whose top-k error <= tolerance), ours vs "
+        f"{REFERENCE_NAME}, %:",
+        "  " + f"{'feature':<20}" + "".join(f"{'tol ' + c:>24}" for c in cols),
+        "  " + f"{'':<20}" + "".join(f"{'ours  report    diff':>24}" for _ in cols),
+    ]
+    for feature in FEATURES:
+        cells = []
+        for c in cols:
+            ours = table[feature][c]
+            ref = reference[feature][c]
+            diff = "   n/a" if ours is None else f"{100 * (ours - ref):+6.2f}"
+            cells.append(f"{_pct(ours)}  {_pct(ref)}  {diff}")
+        lines.append("  " + f"{feature:<20}" + "".join(f"{cell:>24}" for cell in cells))
+    return lines
+
+
+def _measure_lines(model: dict[str, Any]) -> list[str]:
+    """A model's other figures: precision@k, ranking alone, classifiers, levels, latency, time."""
+    p = model["precision_at_k"]
+    lines = [
+        f"  precision@k: articleType {_pct(p['articleType']).strip()} %, gender "
+        f"{_pct(p['gender']).strip()} %, gender+articleType "
+        f"{_pct(p['gender+articleType']).strip()} %; colour-match@k "
+        f"{model['colour_match_at_k']:.3f}; mAP@k (gender+articleType) {model['map_at_k']:.3f}"
+    ]
+    if model.get("ranking_only"):
+        r = model["ranking_only"]
         lines.append(
-            f"  precision@k: articleType {_pct(p['articleType']).strip()} %, gender "
-            f"{_pct(p['gender']).strip()} %, gender+articleType "
-            f"{_pct(p['gender+articleType']).strip()} %; colour-match@k "
-            f"{model['colour_match_at_k']:.3f}; mAP@k (gender+articleType) {model['map_at_k']:.3f}"
+            "  ranking alone (no classifier): gender+articleType tol 0 "
+            f"{_pct(r['table']['gender+articleType']['0']).strip()} %, articleType tol 0.2 "
+            f"{_pct(r['table']['articleType']['0.2']).strip()} %, colour-match@k "
+            f"{r['colour_match_at_k']:.3f}"
         )
-        if model.get("ranking_only"):
-            r = model["ranking_only"]
-            lines.append(
-                "  ranking alone (no classifier): gender+articleType tol 0 "
-                f"{_pct(r['table']['gender+articleType']['0']).strip()} %, articleType tol 0.2 "
-                f"{_pct(r['table']['articleType']['0.2']).strip()} %, colour-match@k "
-                f"{r['colour_match_at_k']:.3f}"
-            )
-        for name, scores in (model.get("classifier") or {}).items():
-            parts = ", ".join(f"{field} {_pct(v).strip()} %" for field, v in scores.items())
-            lines.append(f"  classifier accuracy ({name}): {parts}")
-        if model.get("levels"):
-            lines.append(f"  search levels used: {model['levels']}")
-        lat = model.get("latency") or {}
-        if "p50_ms" in lat:
-            lines.append(
-                f"  latency: p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms over {lat['n']} "
-                f"({lat['what']})"
-            )
-        elif "mean_ms" in lat:
-            lines.append(f"  latency: {lat['mean_ms']} ms ({lat['what']})")
+    for name, scores in (model.get("classifier") or {}).items():
+        parts = ", ".join(f"{field} {_pct(v).strip()} %" for field, v in scores.items())
+        lines.append(f"  classifier accuracy ({name}): {parts}")
+    if model.get("levels"):
+        lines.append(f"  search levels used: {model['levels']}")
+    lat = model.get("latency") or {}
+    if "p50_ms" in lat:
         lines.append(
-            f"  time: build {model['seconds']['build']} s, rank {model['seconds']['rank']} s"
+            f"  latency: p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms over {lat['n']} "
+            f"({lat['what']})"
         )
+    elif "mean_ms" in lat:
+        lines.append(f"  latency: {lat['mean_ms']} ms ({lat['what']})")
+    lines.append(f"  time: build {model['seconds']['build']} s, rank {model['seconds']['rank']} s")
     return lines

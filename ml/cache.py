@@ -7,20 +7,34 @@ Keys (``P`` = prefix, ``M`` = model id)::
     P:M:kth              float32 per product in ``P:M:ids`` order: the K-th score of its list
     P:M:ids              int64 ids of the products with lists (the order of ``kth``)
     P:M:meta             hash: k, count, built_at (full builds), updated_at (any write), complete
+    P:M:lock             held by the one process writing the model's lists (see ``writing``)
 
 Plain Python and a Redis client; no Flask here, so the web tier and the workers share it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
+from redis.exceptions import LockError
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "nbrs"
 ID_DTYPE = np.dtype("<i4")
 SCORE_DTYPE = np.dtype("<f2")
+# The lists lock expires this long after its holder last renewed it (a killed holder's lock
+# frees itself); a writer waits for it longer than that before giving up.
+LOCK_TTL_S = 120
+LOCK_WAIT_S = 300
+
+
+class ListsBusy(TimeoutError):
+    """Another process held a model's lists lock for longer than a writer waits."""
 
 
 def encode(ids: np.ndarray, scores: np.ndarray) -> bytes:
@@ -69,6 +83,28 @@ class NeighbourCache:
         }
 
     # -- writing -------------------------------------------------------------------------
+
+    @contextmanager
+    def writing(
+        self, model_id: str, *, wait: float | None = None, ttl: float | None = None
+    ) -> Iterator[Callable[[], object]]:
+        """Hold the lock that makes one process at a time read, compute and write a model's
+        lists and index (a full build, an incremental update), so none undoes another's
+        writes. Yields a function that renews the lock for ``ttl`` more seconds: call it
+        between the steps of a long pass. Raises ListsBusy after ``wait`` seconds."""
+        wait = LOCK_WAIT_S if wait is None else wait
+        lock = self.r.lock(
+            self.key(model_id, "lock"), timeout=ttl or LOCK_TTL_S, blocking_timeout=wait
+        )
+        if not lock.acquire():
+            raise ListsBusy(f"the neighbour lists of {model_id} stayed locked for {wait:.0f}s")
+        try:
+            yield lock.reacquire
+        finally:
+            try:
+                lock.release()
+            except LockError:  # held past its ttl without renewal: it expired on its own
+                logger.warning("the lists lock of %s expired before it was released", model_id)
 
     def write_lists(
         self,

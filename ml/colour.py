@@ -2,9 +2,11 @@
 
 Catalogue photos show one product on a plain (usually white) background. The descriptor:
 
-1. estimates the background colour from the photo's border (the median of its frame), and
-   keeps the pixels clearly different from it (the product); a photo that is nearly all
-   background (a white shirt on white) falls back to its non-white pixels, then to all;
+1. keeps the product's pixels: where the photo carries a transparency mask (a shopper's
+   photo after ``ml.foreground.prepare_query``), its opaque pixels; otherwise it estimates
+   the background colour from the photo's border (the median of its frame) and keeps the
+   pixels clearly different from it; a photo that is nearly all background (a white shirt
+   on white) falls back to its non-white pixels, then to all;
 2. converts those pixels to CIELAB (sRGB, D65), where Euclidean distance follows perceived
    colour difference;
 3. counts them on a fine Lab grid, then spreads each fine bin over a coarse grid of Lab
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from .preprocess import ImageSource, load_image
 
@@ -72,11 +75,16 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     return lab
 
 
-def foreground_pixels(rgb: np.ndarray, config: ColourConfig = ColourConfig()) -> np.ndarray:
-    """The product's pixels uint8 [m, 3] of an RGB photo [h, w, 3] (background left out)."""
+def foreground_pixels(
+    rgb: np.ndarray, config: ColourConfig = ColourConfig(), mask: np.ndarray | None = None
+) -> np.ndarray:
+    """The product's pixels uint8 [m, 3] of an RGB photo [h, w, 3] (background left out):
+    those of ``mask`` (bool [h, w]) when it holds enough of them, else told from the border."""
     arr = np.asarray(rgb)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"expected an RGB array [h, w, 3], got {arr.shape}")
+    if mask is not None and np.mean(mask) >= config.min_foreground:
+        return arr[np.asarray(mask, bool)]
     frame = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]]).astype(np.float32)
     background = np.median(frame, axis=0)
     pixels = arr.reshape(-1, 3)
@@ -143,15 +151,30 @@ class ColourDescriptor:
             raise ValueError("expected a sequence of images; wrap a single image in a list")
         fine = np.zeros((len(images), self._kernel.shape[0]), np.float32)
         for i, source in enumerate(images):
-            img = load_image(source)
-            if max(img.size) > MAX_SIDE:
-                img = img.copy()
-                img.thumbnail((MAX_SIDE, MAX_SIDE))
-            counts = self.fine_counts(foreground_pixels(np.asarray(img), self.config))
+            rgb, mask = _pixels_and_mask(source)
+            counts = self.fine_counts(foreground_pixels(rgb, self.config, mask))
             fine[i] = counts / max(counts.sum(), 1.0)
         out = np.sqrt(np.maximum(fine @ self._kernel, 0.0))  # one product for the whole batch
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)
+
+
+def _pixels_and_mask(source: ImageSource) -> tuple[np.ndarray, np.ndarray | None]:
+    """A photo's RGB pixels (no larger than ``MAX_SIDE``) and, for a PIL image or array with
+    an alpha channel, its opaque pixels as the product mask (None otherwise: files and
+    bytes are read as RGB, as every catalogue photo is)."""
+    if isinstance(source, np.ndarray) and source.ndim == 3 and source.shape[2] == 4:
+        source = Image.fromarray(np.asarray(source, np.uint8), "RGBA")
+    if isinstance(source, Image.Image) and source.mode in ("RGBA", "LA", "PA"):
+        img = source.convert("RGBA")  # colours as they are, not laid on white
+        if max(img.size) > MAX_SIDE:
+            img.thumbnail((MAX_SIDE, MAX_SIDE))
+        arr = np.asarray(img)
+        return np.ascontiguousarray(arr[..., :3]), arr[..., 3] >= 128
+    img = load_image(source)
+    if max(img.size) > MAX_SIDE:
+        img.thumbnail((MAX_SIDE, MAX_SIDE))
+    return np.asarray(img), None
 
 
 def fuse(embedding: np.ndarray, colour: np.ndarray, weight: float) -> np.ndarray:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import metrics, search_levels
+from .heads import Prediction as HeadPrediction
+from .heads import decode_type
 from .neighbours import top_k_rows
 from .search_levels import ArrayCandidates, Groups, Prediction, SearchPolicy
 
@@ -287,9 +289,6 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
 
 def head_predictions(headset, embeddings: np.ndarray) -> list[Prediction]:
     """Photo-search heads (``ml.heads.HeadSet``) applied to a batch, decoded as search does."""
-    from .heads import Prediction as HeadPrediction
-    from .heads import decode_type
-
     x = np.atleast_2d(np.asarray(embeddings, np.float32))
     probs = {name: head.predict(x) for name, head in headset.heads.items()}
     out = []

@@ -18,7 +18,7 @@ weighted sum of the parts' cosines: mostly "same type", then "same colour", with
 embedding ordering look-alikes within that. Each projection is also a classifier (the
 nearest class vector), used for the photo-search heads comparison.
 
-Training needs Keras (imported inside ``train_projection``); serving is NumPy only.
+Training needs Keras (imported inside the training functions); serving is NumPy only.
 """
 
 from __future__ import annotations
@@ -28,16 +28,18 @@ import json
 import os
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ml.fitting import fit_adam_cosine
+from ml.folders import write_json
+from ml.labels import encode, merge_rare
+
 PROJECTION_VERSION = 1
-OTHER = "(other)"
 BRANCHES = ("type", "colour")
 
 
@@ -174,10 +176,7 @@ class Projection:
             Path(tmp).unlink(missing_ok=True)
             raise
         meta = {**self.meta, "classes": self.classes, "digest": self.digest}
-        side = path.with_suffix(".json")
-        side_tmp = side.with_name(f".{side.name}.tmp")
-        side_tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        os.replace(side_tmp, side)
+        write_json(path.with_suffix(".json"), meta, indent=2, sort_keys=True)
         return path
 
     @classmethod
@@ -190,11 +189,6 @@ class Projection:
         classes = meta.pop("classes")
         meta.pop("digest", None)
         return cls(params, classes, meta)
-
-
-def _merge_rare(labels: Sequence[str | None], min_count: int) -> list[str | None]:
-    counts = Counter(lab for lab in labels if lab)
-    return [None if not lab else (lab if counts[lab] >= min_count else OTHER) for lab in labels]
 
 
 @dataclass
@@ -222,8 +216,8 @@ def train_projection(
     per row; classes under ``config.min_count`` rows are merged into ``(other)``, rows without
     a label do not train that branch.
     """
+    # Keras is heavy and only training needs it; serving a projection is NumPy only.
     import keras
-    from keras import layers, ops
 
     started = time.perf_counter()
     e = np.asarray(embeddings, np.float32)
@@ -234,21 +228,57 @@ def train_projection(
     mean = x.mean(axis=0)
     scale = x.std(axis=0) + 1e-3
     xs = ((x - mean) / scale).astype(np.float32)
+    classes, targets = _encode_branches(labels, len(e), config.min_count)
 
+    keras.utils.set_random_seed(config.seed)
+    model = _projection_model(xs.shape[1], {b: len(v) for b, v in classes.items()}, config)
+    history = fit_adam_cosine(
+        model,
+        xs,
+        targets,
+        loss=dict.fromkeys(BRANCHES, _cosface_loss(config.scale, config.margin)),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        verbose=verbose,
+    )
+    full_meta = {
+        **(meta or {}),
+        "version": PROJECTION_VERSION,
+        "config": config.as_dict(),
+        "embedding_dim": int(e.shape[1]),
+        "colour_dim": int(c.shape[1]),
+        "rows": int(len(e)),
+    }
+    projection = Projection(_trained_params(model, mean, scale), classes, full_meta)
+    report = TrainReport(
+        seconds=time.perf_counter() - started,
+        rows=len(e),
+        classes={b: len(v) for b, v in classes.items()},
+        final_loss=float(history.history["loss"][-1]),
+    )
+    return projection, report
+
+
+def _encode_branches(
+    labels: Mapping[str, Sequence[str | None]], rows: int, min_count: int
+) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
+    """Each branch's classes (rare labels merged into ``(other)``) and each row's class index
+    (-1 without a label)."""
     classes: dict[str, list[str]] = {}
     targets: dict[str, np.ndarray] = {}
     for branch in BRANCHES:
-        if len(labels[branch]) != len(e):
-            raise ValueError(f"{branch}: {len(labels[branch])} labels for {len(e)} rows")
-        merged = _merge_rare(list(labels[branch]), config.min_count)
-        classes[branch] = sorted({v for v in merged if v is not None})
+        if len(labels[branch]) != rows:
+            raise ValueError(f"{branch}: {len(labels[branch])} labels for {rows} rows")
+        classes[branch], targets[branch] = encode(merge_rare(labels[branch], min_count))
         if len(classes[branch]) < 2:
             raise ValueError(f"{branch}: need at least two classes")
-        index = {v: i for i, v in enumerate(classes[branch])}
-        targets[branch] = np.asarray([index[v] if v is not None else -1 for v in merged])
+    return classes, targets
 
-    keras.utils.set_random_seed(config.seed)
-    s, m = config.scale, config.margin
+
+def _cosface_loss(s: float, m: float) -> Callable[[Any, Any], Any]:
+    """The cosine-softmax loss with an additive margin ``m`` at logit scale ``s``."""
+    from keras import ops  # heavy, training only
 
     def cosface(y_true, cos):
         # Rows without a label (-1) contribute nothing.
@@ -258,6 +288,17 @@ def train_projection(
         logits = s * (cos - m * onehot)
         ce = -ops.sum(onehot * ops.log_softmax(logits, axis=1), axis=1)
         return ops.sum(ce * valid) / ops.maximum(ops.sum(valid), 1.0)
+
+    return cosface
+
+
+def _projection_model(
+    n_features: int, n_classes: Mapping[str, int], config: ProjectionConfig
+) -> Any:
+    """Per branch: dense ReLU, dropout, dense to the unit sphere, cosines to the class vectors."""
+    # Heavy, training only; the layer class below needs Keras to be defined at all.
+    import keras
+    from keras import layers, ops
 
     class CosineClasses(layers.Layer):
         """Cosine between unit inputs and unit class vectors."""
@@ -275,7 +316,7 @@ def train_projection(
             return ops.matmul(z, self.centres / ops.norm(self.centres, axis=0, keepdims=True))
 
     reg = keras.regularizers.L2(config.weight_decay)
-    inputs = keras.Input(shape=(xs.shape[1],), name="features")
+    inputs = keras.Input(shape=(n_features,), name="features")
     outputs = {}
     dims = {
         "type": (config.hidden, config.type_dim),
@@ -289,23 +330,12 @@ def train_projection(
         h = layers.Dropout(config.dropout)(h)
         z = layers.Dense(dim, kernel_regularizer=reg, name=f"{branch}_w2")(h)
         z = layers.UnitNormalization(name=f"{branch}_unit")(z)
-        outputs[branch] = CosineClasses(len(classes[branch]), name=f"{branch}_centres")(z)
-    model = keras.Model(inputs, outputs)
-    steps = config.epochs * int(np.ceil(len(xs) / config.batch_size))
-    model.compile(
-        optimizer=keras.optimizers.Adam(
-            keras.optimizers.schedules.CosineDecay(config.learning_rate, max(steps, 1))
-        ),
-        loss={branch: cosface for branch in BRANCHES},
-    )
-    history = model.fit(
-        xs,
-        {branch: targets[branch] for branch in BRANCHES},
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        shuffle=True,
-        verbose=verbose,
-    )
+        outputs[branch] = CosineClasses(n_classes[branch], name=f"{branch}_centres")(z)
+    return keras.Model(inputs, outputs)
+
+
+def _trained_params(model: Any, mean: np.ndarray, scale: np.ndarray) -> dict[str, np.ndarray]:
+    """The weights ``Projection`` serves with NumPy, read off the trained Keras model."""
     params: dict[str, np.ndarray] = {"mean": mean, "scale": scale}
     for branch in BRANCHES:
         w1, b1 = model.get_layer(f"{branch}_w1").get_weights()
@@ -320,19 +350,4 @@ def train_projection(
                 f"{branch}_centres": centres,
             }
         )
-    full_meta = {
-        **(meta or {}),
-        "version": PROJECTION_VERSION,
-        "config": config.as_dict(),
-        "embedding_dim": int(e.shape[1]),
-        "colour_dim": int(c.shape[1]),
-        "rows": int(len(e)),
-    }
-    projection = Projection(params, classes, full_meta)
-    report = TrainReport(
-        seconds=time.perf_counter() - started,
-        rows=len(e),
-        classes={b: len(v) for b, v in classes.items()},
-        final_loss=float(history.history["loss"][-1]),
-    )
-    return projection, report
+    return params

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ml import metrics
-from ml.heads import OTHER, TYPE_SEPARATOR
+from ml.labels import OTHER, TYPE_SEPARATOR
 from ml.neighbours import top_k_rows
 
 # Candidates checked per round; past DIRECT_LIMIT a level's eligible rows are read at once

@@ -8,46 +8,86 @@ Layout of ``<root>/<model_id>/``::
                              a store opened with ``dtype=np.float16`` keeps half floats)
     base-3/keys.npy          bytes [n]      what each row was computed from (the image digest)
     parts/000042.npz         deltas written since: ``ids``, ``vectors``, ``keys`` (upserts), ``deleted``
+    .parts.lock              flock: numbering a part, switching ``state.json`` (held briefly)
+    .compact.lock            flock: one compaction at a time (held while it folds)
 
 Every file is written to a temporary name and renamed, so a killed writer leaves either the
 old state or the new one, never half a file. A batch job writes one part per chunk, which
-makes it resumable: on restart it skips the ids already stored. ``compact()`` writes a new
-base folder, then switches ``state.json`` to it in one rename; only then are the old base and
-the folded parts removed, so a crash at any point leaves a readable store.
+makes it resumable: on restart it skips the ids already stored.
+
+Several processes (the worker's pool, the CLI, the web tier reading) share a store:
+
+* A writer fills its part under a temporary name, then takes ``.parts.lock`` only to pick
+  the next number and rename, so two writers never get the same number and parts apply in
+  the order they were committed.
+* ``compact()`` takes ``.compact.lock``, notes the state and the parts present, folds exactly
+  those into a new base folder, switches ``state.json`` to it (under ``.parts.lock``), and
+  only then removes the old base and the parts it folded. Parts written meanwhile get higher
+  numbers and stay; a crash at any point leaves a readable store.
+* Readers take no lock: they read the state, list the parts, read them, and read the state
+  again; a part or base that vanished (a compaction folded it) or a state that moved makes
+  them look again.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,120}$")
+PART_RE = re.compile(r"^[0-9]+$")
+PARTS_LOCK = ".parts.lock"
+COMPACT_LOCK = ".compact.lock"
+# A reader looks again this many times when compactions keep moving the store under it.
+READ_ATTEMPTS = 50
+# Temporary files older than this are leftovers of a killed writer; compaction removes them.
+STALE_TEMP_S = 3600
+
+T = TypeVar("T")
 
 
-def _atomic_save(path: Path, write) -> None:
-    """Write through ``write(fileobj)`` into a temporary file, fsync, then rename over path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _write_temp(folder: Path, name: str, write: Callable) -> Path:
+    """Write through ``write(fileobj)`` into a new temporary file in folder, fsynced."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
+
+
+def _atomic_save(path: Path, write: Callable) -> None:
+    """Write through ``write(fileobj)`` into a temporary file, fsync, then rename over path."""
+    tmp = _write_temp(path.parent, path.name, write)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _number(part: Path) -> int:
+    return int(part.stem)
 
 
 class EmbeddingStore:
-    """Read and write the embeddings of one model id."""
+    """Read and write the embeddings of one model id (safe across threads and processes)."""
 
     def __init__(
         self, root: str | os.PathLike, model_id: str, dtype: type[np.floating] = np.float32
@@ -59,30 +99,65 @@ class EmbeddingStore:
         self.path = Path(root) / model_id
         self._cache: tuple[tuple, np.ndarray, np.ndarray, np.ndarray] | None = None
 
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        """Hold an exclusive ``flock`` on the store's lock file ``name`` (every open is a lock
+        of its own, so threads of one process exclude each other too)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / name, "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
     # -- reading -------------------------------------------------------------------------
 
     def _state(self) -> dict:
         state_file = self.path / "state.json"
-        if not state_file.exists():
+        try:
+            return json.loads(state_file.read_text())
+        except FileNotFoundError:
             return {"base": None, "folded_through": 0}
-        return json.loads(state_file.read_text())
+
+    def _all_parts(self) -> list[Path]:
+        """Every part file present, in write order (by number: old and new names alike)."""
+        found = [p for p in (self.path / "parts").glob("*.npz") if PART_RE.match(p.stem)]
+        return sorted(found, key=_number)
 
     def _parts(self, state: dict | None = None) -> list[Path]:
         """Parts not yet folded into the base, in write order."""
         folded = (state or self._state())["folded_through"]
-        return [p for p in sorted((self.path / "parts").glob("*.npz")) if int(p.stem) > folded]
+        return [p for p in self._all_parts() if _number(p) > folded]
 
     def part_count(self) -> int:
         """How many parts wait to be folded into the base (each write adds one; see compact)."""
         return len(self._parts())
 
-    def _all_parts(self) -> list[Path]:
-        return sorted((self.path / "parts").glob("*.npz"))
+    def _consistent(self, read: Callable[[dict, list[Path]], T]) -> T:
+        """``read(state, parts)`` on one consistent view of the store.
 
-    def _signature(self) -> tuple:
+        A compaction in another process may fold and remove the listed parts or the base
+        (FileNotFoundError) or switch the state while we read: then read again. Parts are
+        only ever removed after a switch, so a read that began and ended on the same state
+        saw every part of it.
+        """
+        for attempt in range(READ_ATTEMPTS):
+            state = self._state()
+            try:
+                result = read(state, self._parts(state))
+            except FileNotFoundError:
+                time.sleep(min(0.001 * 2**attempt, 0.05))
+                continue
+            if self._state() == state:
+                return result
+        raise RuntimeError(f"{self.path}: the store kept changing while being read")
+
+    def _signature(self, parts: list[Path]) -> tuple:
         """Changes whenever the stored state changes (cheap: a few stat calls)."""
-        files = [self.path / "state.json", *self._parts()]
-        return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.exists())
+        state_file = self.path / "state.json"
+        files = [state_file, *parts] if state_file.exists() else parts
+        return tuple((f.name, st.st_mtime_ns, st.st_size) for f in files for st in [f.stat()])
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """All stored (ids int64 [n] ascending, vectors [n, d] of the store's dtype); cached
@@ -92,17 +167,27 @@ class EmbeddingStore:
 
     def load_with_keys(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Like load(), plus each row's key (what it was computed from)."""
-        signature = self._signature()
-        if self._cache is not None and self._cache[0] == signature:
-            return self._cache[1], self._cache[2], self._cache[3]
-        ids, vectors, keys = self._load_base()
+        cache = self._cache
+
+        def read(state: dict, parts: list[Path]) -> tuple:
+            signature = self._signature(parts)
+            if cache is not None and cache[0] == signature:
+                return cache
+            return (signature, *self._read(state, parts))
+
+        loaded = self._consistent(read)
+        self._cache = loaded
+        return loaded[1], loaded[2], loaded[3]
+
+    def _read(self, state: dict, parts: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The base of ``state`` with ``parts`` applied in order."""
+        ids, vectors, keys = self._load_base(state)
         deltas = []
-        for part in self._parts():
+        for part in parts:
             with np.load(part) as data:
                 deltas.append({k: data[k] for k in ("ids", "vectors", "keys", "deleted")})
         if deltas:
             ids, vectors, keys = _apply(ids, vectors, keys, deltas)
-        self._cache = (signature, ids, vectors, keys)
         return ids, vectors, keys
 
     def keys_by_id(self) -> dict[int, str]:
@@ -110,8 +195,8 @@ class EmbeddingStore:
         ids, _, keys = self.load_with_keys()
         return {int(i): k.decode() for i, k in zip(ids, keys, strict=True)}
 
-    def _load_base(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        base = self._state()["base"]
+    def _load_base(self, state: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        base = state["base"]
         if base is None:
             return np.empty(0, np.int64), np.empty((0, 0), self.dtype), np.empty(0, "S1")
         folder = self.path / f"base-{base}"
@@ -130,17 +215,21 @@ class EmbeddingStore:
         """
         if self._cache is not None and self._cache[2].size:
             return int(self._cache[2].shape[1])
-        state = self._state()
-        if state["base"] is not None:
-            base = np.load(self.path / f"base-{state['base']}" / "embeddings.npy", mmap_mode="r")
-            if base.size:
-                return int(base.shape[1])
-        for part in self._parts(state):
-            with np.load(part) as data:
-                vectors = data["vectors"]
-                if vectors.size:
-                    return int(vectors.shape[1])
-        return None
+
+        def read(state: dict, parts: list[Path]) -> int | None:
+            if state["base"] is not None:
+                folder = self.path / f"base-{state['base']}"
+                base = np.load(folder / "embeddings.npy", mmap_mode="r")
+                if base.size:
+                    return int(base.shape[1])
+            for part in parts:
+                with np.load(part) as data:
+                    vectors = data["vectors"]
+                    if vectors.size:
+                        return int(vectors.shape[1])
+            return None
+
+        return self._consistent(read)
 
     def ids(self) -> np.ndarray:
         """The stored product ids."""
@@ -152,32 +241,31 @@ class EmbeddingStore:
     def id_count(self) -> int:
         """How many products are stored, from the id files only (no vector is read): cheap
         enough for a status page on a large catalogue."""
-        state = self._state()
-        ids: set[int] = set()
-        if state["base"] is not None:
-            ids = set(np.load(self.path / f"base-{state['base']}" / "ids.npy").tolist())
-        for part in self._parts(state):
-            with np.load(part) as data:
-                ids -= set(data["deleted"].tolist())
-                ids |= set(data["ids"].tolist())
-        return len(ids)
+
+        def read(state: dict, parts: list[Path]) -> int:
+            ids: set[int] = set()
+            if state["base"] is not None:
+                ids = set(np.load(self.path / f"base-{state['base']}" / "ids.npy").tolist())
+            for part in parts:
+                with np.load(part) as data:
+                    ids -= set(data["deleted"].tolist())
+                    ids |= set(data["ids"].tolist())
+            return len(ids)
+
+        return self._consistent(read)
 
     def positions(self, product_ids: Iterable[int]) -> np.ndarray:
         """Row numbers of the given ids, -1 where an id is not stored."""
-        ids = self.ids()
-        wanted = np.asarray(list(product_ids), dtype=np.int64)
-        if len(ids) == 0:
-            return np.full(len(wanted), -1, np.int64)
-        pos = np.minimum(np.searchsorted(ids, wanted), len(ids) - 1)
-        return np.where(ids[pos] == wanted, pos, -1)
+        return _positions(self.ids(), product_ids)
 
     def get(self, product_ids: Iterable[int]) -> np.ndarray:
         """Vectors of the given ids (KeyError naming the first one missing)."""
         wanted = list(product_ids)
-        pos = self.positions(wanted)
+        ids, vectors = self.load()  # one view: rows and positions agree
+        pos = _positions(ids, wanted)
         if (pos < 0).any():
             raise KeyError(int(wanted[int(np.flatnonzero(pos < 0)[0])]))
-        return np.asarray(self.load()[1][pos], dtype=np.float32)
+        return np.asarray(vectors[pos], dtype=np.float32)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -188,7 +276,11 @@ class EmbeddingStore:
         keys: Iterable[str] | None = None,
         deleted: Iterable[int] = (),
     ) -> Path:
-        """Record upserts (ids + vectors + keys) and deletions atomically as a new part."""
+        """Record upserts (ids + vectors + keys) and deletions atomically as a new part.
+
+        The part is written under a temporary name first; only numbering and the rename
+        happen under the store's lock, so concurrent writers never take the same number.
+        """
         ids_arr = np.asarray(list(ids), dtype=np.int64)
         if vectors is None:
             vectors = np.empty((0, 0), self.dtype)
@@ -207,40 +299,81 @@ class EmbeddingStore:
         if stored_dim is not None and stored_dim != vectors.shape[1]:
             raise ValueError(f"dimension {vectors.shape[1]} does not match the stored {stored_dim}")
         deleted_arr = np.asarray(list(deleted), dtype=np.int64)
-        parts = self._all_parts()
-        number = max(int(parts[-1].stem) if parts else 0, self._state()["folded_through"]) + 1
-        target = self.path / "parts" / f"{number:06d}.npz"
-        _atomic_save(
-            target,
+        tmp = _write_temp(
+            self.path / "parts",
+            "part",
             lambda fh: np.savez(
                 fh, ids=ids_arr, vectors=vectors, keys=keys_arr, deleted=deleted_arr
             ),
         )
+        try:
+            with self._locked(PARTS_LOCK):
+                parts = self._all_parts()
+                last = max(_number(parts[-1]) if parts else 0, self._state()["folded_through"])
+                target = self.path / "parts" / f"{last + 1:06d}.npz"
+                os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return target
 
     def compact(self) -> None:
-        """Fold every part into a new base folder and switch to it in one rename."""
-        state = self._state()
-        parts = self._parts(state)
-        if not parts:
-            return
-        ids, vectors, keys = self.load_with_keys()
-        vectors = np.ascontiguousarray(vectors, dtype=self.dtype)
-        new_base = (state["base"] or 0) + 1
-        folder = self.path / f"base-{new_base}"
-        shutil.rmtree(folder, ignore_errors=True)  # leftovers of a compaction that crashed
-        _atomic_save(folder / "embeddings.npy", lambda fh: np.save(fh, vectors))
-        _atomic_save(folder / "ids.npy", lambda fh: np.save(fh, ids))
-        _atomic_save(folder / "keys.npy", lambda fh: np.save(fh, keys))
-        new_state = {"base": new_base, "folded_through": int(parts[-1].stem)}
-        _atomic_save(self.path / "state.json", lambda fh: fh.write(json.dumps(new_state).encode()))
-        # The switch is done; what follows only frees disk space.
-        if state["base"] is not None:
-            shutil.rmtree(self.path / f"base-{state['base']}", ignore_errors=True)
-        for part in self._all_parts():
-            if int(part.stem) <= new_state["folded_through"]:
-                part.unlink(missing_ok=True)
+        """Fold the parts present now into a new base folder and switch to it in one rename.
+
+        One compaction at a time (others wait); writers are held only for the switch, and a
+        part is removed only once the base that holds it is the live one.
+        """
+        with self._locked(COMPACT_LOCK):
+            with self._locked(PARTS_LOCK):
+                state = self._state()
+                parts = self._parts(state)
+            if not parts:
+                return
+            # Only compaction switches the state or removes parts, and this one holds the
+            # lock: what was noted above stays readable while it is folded.
+            ids, vectors, keys = self._read(state, parts)
+            vectors = np.ascontiguousarray(vectors, dtype=self.dtype)
+            new_base = (state["base"] or 0) + 1
+            folder = self.path / f"base-{new_base}"
+            shutil.rmtree(folder, ignore_errors=True)  # leftovers of a compaction that crashed
+            _atomic_save(folder / "embeddings.npy", lambda fh: np.save(fh, vectors))
+            _atomic_save(folder / "ids.npy", lambda fh: np.save(fh, ids))
+            _atomic_save(folder / "keys.npy", lambda fh: np.save(fh, keys))
+            new_state = {"base": new_base, "folded_through": _number(parts[-1])}
+            with self._locked(PARTS_LOCK):  # a writer numbers against one state or the other
+                _atomic_save(
+                    self.path / "state.json", lambda fh: fh.write(json.dumps(new_state).encode())
+                )
+            # The switch is done; what follows only frees disk space. The old base goes
+            # first: a reader that still listed the folded parts then fails on it and looks
+            # again instead of reading the old base without them.
+            for old in self.path.glob("base-*"):  # the previous base, and any a crash left
+                if old.name != folder.name:
+                    shutil.rmtree(old, ignore_errors=True)
+            for part in self._all_parts():  # later parts were numbered after the snapshot
+                if _number(part) <= new_state["folded_through"]:
+                    part.unlink(missing_ok=True)
+            self._remove_stale_temporaries()
         self._cache = None
+
+    def _remove_stale_temporaries(self) -> None:
+        """Remove the temporary files of writers killed long ago (never a live writer's)."""
+        cutoff = time.time() - STALE_TEMP_S
+        for tmp in (self.path / "parts").glob(".*.tmp"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _positions(ids: np.ndarray, product_ids: Iterable[int]) -> np.ndarray:
+    """Row numbers of the given ids in ascending ``ids``, -1 where an id is absent."""
+    wanted = np.asarray(list(product_ids), dtype=np.int64)
+    if len(ids) == 0:
+        return np.full(len(wanted), -1, np.int64)
+    pos = np.minimum(np.searchsorted(ids, wanted), len(ids) - 1)
+    return np.where(ids[pos] == wanted, pos, -1)
 
 
 def _apply(

@@ -84,6 +84,19 @@ def base_config(tmp_path, database_uri: str) -> dict:
         "EMBEDDING_TUNED": "off",
         "WTF_CSRF_ENABLED": False,
         "SERVER_NAME": None,
+        # Rate limits stay on, counted per app and generous: a module-scoped app serves many
+        # tests' uploads and sign-ins. Tests of the limits set their own (and Redis storage).
+        "RATELIMIT_STORAGE_URI": "memory://",
+        **{
+            name: "1000 per minute"
+            for name in (
+                "RATELIMIT_SIGNIN_ACCOUNT",
+                "RATELIMIT_SIGNIN_ADDRESS",
+                "RATELIMIT_REGISTER",
+                "RATELIMIT_UPLOADS",
+                "RATELIMIT_ADMIN_UPLOADS",
+            )
+        },
     }
 
 

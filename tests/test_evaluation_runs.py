@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+from ml.wild import make_wild
 from tests.conftest import save_photo, write_query_folder
 from webapp.quality import services
+from worker.jobs.evaluation.catalogue import load_catalogue
+from worker.jobs.evaluation.runs import held_out
 
 
 def test_leave_one_out_prints_the_report_table_and_stores_json(labelled, tmp_path):
@@ -180,3 +183,51 @@ def test_evaluate_without_embeddings_says_what_to_do(app):
     )
     assert result.exit_code != 0
     assert "embed" in result.output
+
+
+def test_held_out_split_with_wild_photos_side_by_side(labelled, tmp_path):
+    app, _ = labelled
+    out = tmp_path / "wild.json"
+    args = ["model", "evaluate", "--split", "0.25", "--wild", "--head", "plain"]
+    args += ["--head", "colour", "--k", "5", "--latency-sample", "0", "--no-save"]
+    result = app.test_cli_runner().invoke(args=[*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    wild = data["wild"]
+    assert "--split 0.25 --seed 0 --wild" in data["command"]
+    assert [m["name"] for m in wild["models"]] == ["plain", "colour"]
+    for studio, photo in zip(data["models"], wild["models"], strict=True):
+        assert photo["queries"] == studio["queries"] == 12 and photo["index"] == 36
+        assert "photo-search pipeline" in photo["ranking"]
+    assert wild["foreground"]["applied"] and wild["foreground"]["n"] == 12
+    assert "Wild photos: wild photos of the same 12 held-out products" in result.output
+    assert "classifier gender+articleType" in result.output
+    # The same seed makes the same photos: the figures repeat.
+    again = app.test_cli_runner().invoke(args=[*args, "--json", str(tmp_path / "again.json")])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "again.json").read_text())["wild"]["models"] == wild["models"]
+
+
+def test_wild_photos_from_a_folder(labelled, tmp_path):
+    app, model_id = labelled
+    folder = tmp_path / "wild"
+    (folder / "images").mkdir(parents=True)
+    with app.app_context():
+        cat = load_catalogue(model_id)
+    _, held = held_out(cat.labels, 0.25, 0)
+    for row in held[:5]:  # a folder may hold some of the held-out products only
+        photo = make_wild(cat.photos[row], seed=7, size=(120, 160))
+        (folder / "images" / f"{cat.ids[row]}.jpg").write_bytes(photo.jpeg)
+    result = app.test_cli_runner().invoke(
+        args=["model", "evaluate", "--split", "0.25", "--wild", str(folder), "--no-save"]
+        + ["--latency-sample", "0", "--k", "5"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "same 5 held-out products (from " in result.output
+    assert "5 queries, 36 products indexed" in result.output  # the studio side: the same five
+
+
+def test_wild_needs_a_split(labelled):
+    app, _ = labelled
+    result = app.test_cli_runner().invoke(args=["model", "evaluate", "--wild"])
+    assert result.exit_code != 0 and "--split" in result.output

@@ -6,20 +6,9 @@ import numpy as np
 import pytest
 
 from ml import compare_threshold
-from ml.heads import (
-    OTHER,
-    Head,
-    HeadSet,
-    Prediction,
-    TrainConfig,
-    decode_type,
-    derived_type,
-    majority_sub,
-    merge_rare,
-    score,
-    stratified_split,
-    train_heads,
-)
+from ml.head_training import TrainConfig, train_heads
+from ml.heads import Head, HeadSet, Prediction, decode_type
+from ml.labels import OTHER, derived_type, majority_sub, merge_rare, score, stratified_split
 from ml.thresholds import load_compare_threshold
 
 FAST = TrainConfig(hidden=32, epochs=30, batch_size=32, learning_rate=5e-3)

@@ -131,3 +131,66 @@ def test_update_product_absent_and_unreadable(catalogue):
         assert {p: got.tolist() for p, (got, _) in after.items()} == {
             p: got.tolist() for p, (got, _) in before.items()
         }
+
+
+def exact_lists(model_id: str, k: int = 5) -> dict[int, list[int]]:
+    """Every product's list as a full rebuild from the store would give it."""
+    ids, vectors = registry.store_for(model_id).load()
+    idx, _ = all_neighbours(np.asarray(vectors), k)
+    return {int(p): ids[idx[row]].tolist() for row, p in enumerate(ids)}
+
+
+def test_updates_during_a_full_build_are_not_undone(catalogue, monkeypatch):
+    """A build computes from a snapshot of the store; products added and deleted while it
+    computes (their own updates already ran) end up listed and unlisted all the same."""
+    app, model_id, media = catalogue
+    near = np.asarray(Image.open(media / "p0.jpg")).astype(int)
+    near[:5] = 255
+    Image.fromarray(near.astype(np.uint8)).save(media / "new.jpg", "JPEG")
+    real = indexing.all_neighbours
+
+    def with_updates_meanwhile(vectors, k, **kwargs):
+        result = real(vectors, k, **kwargs)
+        add_product(id=2000, name="Saved during the build", image_path="new.jpg")
+        assert indexing.update_product(2000).action == "embedded"
+        db.session.delete(db.session.get(Product, 1005))
+        db.session.commit()
+        assert indexing.update_product(1005).action == "removed"
+        return result
+
+    with app.app_context():
+        monkeypatch.setattr(indexing, "all_neighbours", with_updates_meanwhile)
+        report = indexing.build_neighbours(model_id)
+        assert report.products == 30  # the snapshot it computed from
+        cache = registry.neighbour_cache()
+        assert cache.get_list(model_id, 1005) is None
+        assert 2000 in cache.get_list(model_id, 1000)[0].tolist()
+        expected = exact_lists(model_id)
+        assert sorted(expected) == sorted([*range(1000, 1005), *range(1006, 1030), 2000])
+        for product_id, neighbours in expected.items():
+            assert cache.get_list(model_id, product_id)[0].tolist() == neighbours
+        ids, _ = cache.read_index(model_id)
+        assert sorted(ids.tolist()) == sorted(expected)
+        assert cache.meta(model_id)["complete"] == "1"
+
+
+def test_an_update_waits_for_the_lists_lock_and_a_retry_lists_it(catalogue, monkeypatch):
+    """While another process holds the model's lists lock, an update embeds its product but
+    writes no list; past the wait it fails (the product's job says so), and the next update
+    of the product lists it although its photo did not change."""
+    import ml.cache
+
+    app, model_id, media = catalogue
+    monkeypatch.setattr(ml.cache, "LOCK_WAIT_S", 0.3)
+    with app.app_context():
+        add_product(id=2001, name="Blocked", image_path=save_photo(media, "b.jpg", "Red", 40))
+        other = registry.neighbour_cache()
+        with other.writing(model_id), pytest.raises(ml.cache.ListsBusy):
+            indexing.update_product(2001)
+        cache = registry.neighbour_cache()
+        assert 2001 in registry.store_for(model_id).ids().tolist()
+        assert cache.get_list(model_id, 2001) is None
+        retry = indexing.update_product(2001)
+        assert retry.action == "unchanged" and 2001 in retry.rewritten
+        for product_id, neighbours in exact_lists(model_id).items():
+            assert cache.get_list(model_id, product_id)[0].tolist() == neighbours

@@ -136,3 +136,107 @@ def test_many_parts_fold_like_one_at_a_time(tmp_path):
     for i, row in zip(got_ids.tolist(), got_vectors, strict=True):
         np.testing.assert_array_equal(row, expected[i][0])
     assert store.keys_by_id() == {i: k for i, (_, k) in expected.items()}
+
+
+def test_old_part_names_load_in_number_order(tmp_path):
+    """Stores written before parts were numbered under a lock load as they did; numbers past
+    six digits still sort after the others."""
+    store = EmbeddingStore(tmp_path, "m")
+    store.write_part([1], unit(1, seed=1), keys=["old"])
+    parts = tmp_path / "m" / "parts"
+    (parts / "000001.npz").rename(parts / "999999.npz")
+    store.write_part([1], unit(1, seed=2), keys=["new"])  # numbered after 999999
+    assert sorted(p.name for p in parts.glob("*.npz")) == ["1000000.npz", "999999.npz"]
+    assert store.keys_by_id() == {1: "new"}
+    store.compact()
+    assert EmbeddingStore(tmp_path, "m").keys_by_id() == {1: "new"}
+
+
+# -- many processes on one store ----------------------------------------------------------
+
+WRITERS = 6
+ROUNDS = 25
+
+
+def vector(product_id: int, version: int) -> np.ndarray:
+    """A row that says which id and which write it came from."""
+    return np.asarray([[product_id, version, 1.0, 0.0]], np.float32)
+
+
+def _writer(root: str, writer: int) -> None:
+    """Upsert ids of its own, rewrite some, delete others; compact now and then."""
+    store = EmbeddingStore(root, "shared")
+    for n in range(ROUNDS):
+        pid = writer * 1000 + n
+        store.write_part([pid], vector(pid, 1), keys=[f"{pid}-1"])
+        if n % 5 == 4:
+            store.write_part([pid - 2], vector(pid - 2, 2), keys=[f"{pid - 2}-2"])
+            store.write_part(deleted=[pid - 3])
+        if n % 7 == writer % 7:
+            store.compact()
+
+
+def _reader(root: str, stop, failures) -> None:
+    """Read while others write and compact: never an error, never a stored id that vanishes
+    unless it was deleted (ids ending in 1 mod 5 are the deleted ones)."""
+    store = EmbeddingStore(root, "shared")
+    seen: set[int] = set()
+    while not stop.is_set():
+        try:
+            ids, vectors = store.load()
+            store.id_count()
+            store.dim()
+        except Exception as exc:  # noqa: BLE001 (reported to the test)
+            failures.put(f"{type(exc).__name__}: {exc}")
+            return
+        now = set(ids.tolist())
+        lost = {i for i in seen - now if (i % 1000) % 5 != 1}
+        if lost:
+            failures.put(f"ids vanished between two reads: {sorted(lost)[:5]}")
+            return
+        if len(ids) and not np.array_equal(vectors[:, 0].astype(np.int64), ids):
+            failures.put("rows and ids disagree")
+            return
+        seen = now
+
+
+def test_concurrent_writers_and_compactions_lose_nothing(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # no fork of a process that may hold threads
+    stop, failures = ctx.Event(), ctx.Queue()
+    readers = [ctx.Process(target=_reader, args=(str(tmp_path), stop, failures)) for _ in range(2)]
+    writers = [ctx.Process(target=_writer, args=(str(tmp_path), w)) for w in range(WRITERS)]
+    for p in readers + writers:
+        p.start()
+    for p in writers:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    stop.set()
+    for p in readers:
+        p.join(timeout=30)
+    assert failures.empty(), failures.get()
+
+    expected: dict[int, int] = {}
+    for w in range(WRITERS):
+        for n in range(ROUNDS):
+            pid = w * 1000 + n
+            expected[pid] = 1
+            if n % 5 == 4:
+                expected[pid - 2] = 2
+                expected.pop(pid - 3)
+    for compact_first in (False, True):
+        store = EmbeddingStore(tmp_path, "shared")
+        if compact_first:
+            store.compact()
+        ids, vectors = store.load()
+        assert ids.tolist() == sorted(expected)
+        assert vectors[:, 1].astype(int).tolist() == [expected[i] for i in ids.tolist()]
+        assert store.keys_by_id() == {i: f"{i}-{v}" for i, v in expected.items()}
+        assert store.id_count() == len(expected)
+    parts = tmp_path / "shared" / "parts"
+    assert not list(parts.glob("*.npz")), "a final compaction folds every part"
+    assert not list(parts.glob(".*.tmp")), "no temporary file left behind"
+    assert [p.name for p in (tmp_path / "shared").glob("base-*")] == [
+        f"base-{store._state()['base']}"
+    ]

@@ -244,7 +244,7 @@ def test_uploading_a_catalogue_photo_shows_that_product_first(shop, web):
 def test_a_pending_search_page_refreshes_itself(shop, web, monkeypatch):
     app, _, media = shop
     monkeypatch.setattr(
-        services, "_enqueue", lambda kind, request_id: None
+        services, "enqueue", lambda kind, request_id: None
     )  # no worker: stays queued
     response = web.post(
         "/search/",
@@ -528,6 +528,22 @@ def test_preferences_apply_while_choosing(shop, web):
     # Explicit request parameters work like the similar-products API's.
     only_women = api_search(web, catalogue_photo(media, 2001), wait="1", gender="Women").get_json()
     assert {item["gender"] for item in only_women["items"]} == {"Women"}
+
+
+def test_products_marked_not_interested_are_never_shown(shop, web):
+    """Left out while choosing (N still comes back), and dropped from a finished search."""
+    app, products, media = shop
+    before = api_search(web, catalogue_photo(media, 2001), wait="1", n="12").get_json()
+    marked = ids_of(before)[:3]
+    for pid in marked:
+        assert web.post(f"/api/products/{pid}/not-interested").status_code == 200
+    after = api_search(web, catalogue_photo(media, 2001), wait="1", n="12").get_json()
+    assert len(after["items"]) == 12
+    assert not set(marked) & set(ids_of(after))
+    # The search that ran before the marks no longer shows them either.
+    again = web.get(f"/api/jobs/{before['job_id']}").get_json()
+    assert not set(marked) & set(ids_of(again))
+    assert len(again["items"]) == 12 - len(marked)
 
 
 def test_the_evaluation_ranks_photos_exactly_as_the_live_search(shop):

@@ -1,5 +1,6 @@
-"""A shopper in a real browser drops a photo on the photo search page and watches the results
-page fill in when a real worker (tiny backbone) answers; then searches all categories."""
+"""A shopper in a real browser drops a photo on the photo search page; with no worker yet the
+results page says search is unavailable, then fills in by itself when a real worker (tiny
+backbone) starts and answers; then the shopper searches all categories."""
 
 from __future__ import annotations
 
@@ -81,6 +82,10 @@ def test_drop_a_photo_and_watch_the_results_fill_in(live_search, page):  # noqa:
     assert "Searching the catalogue" in page.locator(".search-status").inner_text()
     assert page.locator(".search-results").count() == 0
     job_url = page.url
+
+    # Still no worker a few seconds on: the page says so plainly, and keeps asking.
+    page.get_by_text("Photo search is unavailable right now").wait_for(timeout=30_000)
+    assert page.url == job_url and page.locator(".search-results").count() == 0
 
     # The worker starts, takes the job, and the page fills in by itself.
     with app.app_context():

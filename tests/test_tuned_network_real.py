@@ -12,7 +12,7 @@ import pytest
 
 from ml.backbones import get_backbone
 from ml.colour import ColourDescriptor
-from ml.heads import TrainConfig, fit_head
+from ml.head_training import TrainConfig, fit_head
 from ml.tuned.config import TuneConfig, cut_layer
 from ml.tuned.feature_maps import FeatureMaps
 from ml.tuned.scoring import score_network

@@ -23,14 +23,22 @@ SHARED_KEYS = {
     "NEIGHBOURS_K": "NEIGHBOURS_K",
     "EMBEDDING_TUNED": "EMBEDDING_TUNED",
     "TUNE_EPOCHS": "TUNE_EPOCHS",
+    "INDEX_HEAL_INTERVAL": "INDEX_HEAL_INTERVAL",
 }
 
 
 class WorkerProcess:
     """``celery -A worker.celery_app worker`` in a subprocess, with the app's settings."""
 
-    def __init__(self, config: dict, log_path: Path, queues: str = "default,ml,index") -> None:
+    def __init__(
+        self,
+        config: dict,
+        log_path: Path,
+        queues: str = "default,ml,index",
+        concurrency: int = 1,
+    ) -> None:
         self.env = {**os.environ, "SECRET_KEY": "test-secret"}
+        self.concurrency = concurrency
         for key, env in SHARED_KEYS.items():
             self.env[env] = str(config[key])
         self.log_path = log_path
@@ -51,7 +59,7 @@ class WorkerProcess:
                 "-Q",
                 self.queues,
                 "--concurrency",
-                "1",
+                str(self.concurrency),
                 "--pool",
                 "prefork",
                 "--loglevel",

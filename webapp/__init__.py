@@ -11,8 +11,12 @@ from typing import Any
 from flask import Flask
 
 from webapp import config as settings
-from webapp import models  # noqa: F401  (registers the models and the user loader)
+from webapp import (
+    models,  # noqa: F401  (registers the models and the user loader)
+    ratelimit,
+)
 from webapp.extensions import celery_init_app, csrf, db, login_manager, migrate
+from webapp.request_body import ShopRequest
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +34,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         template_folder="../templates",
         static_folder="../static",
     )
+    # Says which body limit a 413 hit (size, number of form parts, one field's size).
+    app.request_class = ShopRequest
     load_config(app, test_config)
     os.makedirs(app.instance_path, exist_ok=True)
     os.makedirs(app.config["MEDIA_FOLDER"], exist_ok=True)
@@ -81,6 +87,8 @@ def register_extensions(app: Flask) -> None:
     """Bind the unbound extensions to this app."""
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(PROJECT_ROOT, "migrations"))
+    # Before CSRF: an upload over its limit is refused before its body is parsed.
+    ratelimit.init_app(app)
     csrf.init_app(app)
     login_manager.init_app(app)
     celery_init_app(app)
@@ -94,6 +102,7 @@ def register_blueprints(app: Flask) -> None:
     from webapp.quality.views import bp as quality_bp
     from webapp.search.views import bp as search_bp
     from webapp.shop.views import bp as shop_bp
+    from webapp.taste.views import bp as taste_bp
 
     app.register_blueprint(shop_bp)
     app.register_blueprint(api_bp, url_prefix="/api")
@@ -101,6 +110,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(admin_bp, url_prefix="/admin")
     app.register_blueprint(quality_bp, url_prefix="/admin/quality")
     app.register_blueprint(search_bp, url_prefix="/search")
+    app.register_blueprint(taste_bp)
 
 
 def register_errorhandlers(app: Flask) -> None:

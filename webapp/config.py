@@ -49,6 +49,9 @@ SETTINGS: list[Setting] = [
             "Largest accepted request body in bytes (uploads above it get a 413 page)."),
     Setting("MAX_IMAGE_PIXELS", 40_000_000, "MAX_IMAGE_PIXELS",
             "Largest accepted image in pixels (width x height): decompression-bomb guard."),
+    Setting("MAX_IMAGE_SIDE", 16_384, "MAX_IMAGE_SIDE",
+            "Longest accepted image side in pixels, checked from the header before any pixel "
+            "is decoded (a 1 x 40,000,000 strip is refused as fast as a square bomb)."),
     Setting("SESSION_COOKIE_SECURE", False, "SESSION_COOKIE_SECURE",
             "Send the session cookie over HTTPS only. Turn on behind TLS."),
     Setting("REMEMBER_COOKIE_SECURE", False, "REMEMBER_COOKIE_SECURE",
@@ -80,6 +83,10 @@ SETTINGS: list[Setting] = [
             "Converted weights, embeddings and heads, per model id. Default: `instance/models`."),
     Setting("REDIS_TIMEOUT", 0.5, "REDIS_TIMEOUT",
             "Seconds the web tier waits for Redis before showing pages without recommendations."),
+    Setting("INDEX_HEAL_INTERVAL", 60, "INDEX_HEAL_INTERVAL",
+            "Seconds between the worker's checks that the served neighbour lists are whole "
+            "(they are rebuilt from the embeddings on disk when Redis lost them); pages that "
+            "find no lists ask for that rebuild at most this often. `0` turns it off."),
     Setting("LOG_LEVEL", "INFO", "LOG_LEVEL", "Logging level (logs go to stdout)."),
     Setting("IMPORT_FOLDER", None, "IMPORT_FOLDER",
             "Where bulk-import uploads (styles.csv + ZIP) wait for their job; workers must see "
@@ -115,15 +122,47 @@ SETTINGS: list[Setting] = [
     Setting("SEARCH_SAME_PHOTO_COSINE", 0.98, "SEARCH_SAME_PHOTO_COSINE",
             "Products whose photo is this close (cosine) to the uploaded one come first in photo "
             "search whatever the classifier predicts: it is practically the same picture."),
+    Setting("SEARCH_NO_MATCH_COSINE", 0.0, "SEARCH_NO_MATCH_COSINE",
+            "When even the best photo search result's cosine is below this, the page says "
+            "nothing in the store looks much like the photo (API: `no_close_match`); 0 uses "
+            "the served model's calibrated compare threshold (none: no such verdict)."),
     Setting("SEARCH_RETENTION_MINUTES", 60, "SEARCH_RETENTION_MINUTES",
             "Uploaded query photos (and their results) are deleted after this many minutes; "
             "each search task removes expired ones, as does `flask search cleanup`."),
     Setting("SEARCH_WAIT_TIMEOUT", 10.0, "SEARCH_WAIT_TIMEOUT",
             "Seconds `GET /api/jobs/<id>?wait=1` and `POST /api/compare` wait for the worker "
             "before answering that the job is still running."),
+    Setting("SEARCH_QUEUE_TIMEOUT", 120.0, "SEARCH_QUEUE_TIMEOUT",
+            "Seconds a photo search or compare may wait in the queue (no worker free, or none "
+            "running) before it fails with \"try again in a minute\"; a request whose worker "
+            "died is sent again once, and fails if that happens twice."),
     Setting("COMPARE_DEFAULT_THRESHOLD", 0.9, "COMPARE_DEFAULT_THRESHOLD",
             "Two-image compare threshold (score in 0..1) used only for a model without a "
             "calibrated one (`compare.json`, written by `flask model train`)."),
+    Setting("COMPARE_MODELS", [], "COMPARE_MODELS",
+            "Model ids besides the served one that `POST /api/compare` may name in `model=` "
+            "(JSON list; each must be runnable by the worker). Any other id gets a 400 naming "
+            "the allowed ones, and the worker refuses it too."),
+    Setting("RATELIMIT_ENABLED", True, "RATELIMIT_ENABLED",
+            "Rate limits on sign-in, registration and uploads (answered with 429 and "
+            "`Retry-After`)."),
+    Setting("RATELIMIT_STORAGE_URI", None, "RATELIMIT_STORAGE_URI",
+            "Where the rate-limit counters live. Default: `REDIS_URL`, shared by every web "
+            "process; while Redis is unreachable each process counts in memory. `memory://`: "
+            "per process."),
+    Setting("RATELIMIT_SIGNIN_ACCOUNT", "10 per 5 minutes", "RATELIMIT_SIGNIN_ACCOUNT",
+            "Failed sign-ins allowed per account (email address), whatever the address they "
+            "come from."),
+    Setting("RATELIMIT_SIGNIN_ADDRESS", "30 per 5 minutes", "RATELIMIT_SIGNIN_ADDRESS",
+            "Failed sign-ins allowed per client address, whatever the accounts tried."),
+    Setting("RATELIMIT_REGISTER", "10 per hour", "RATELIMIT_REGISTER",
+            "Registration attempts allowed per client address, and per email address."),
+    Setting("RATELIMIT_UPLOADS", "30 per minute; 300 per hour", "RATELIMIT_UPLOADS",
+            "Photo uploads allowed per client address, over photo search and compare (pages "
+            "and API) together."),
+    Setting("RATELIMIT_ADMIN_UPLOADS", "60 per minute", "RATELIMIT_ADMIN_UPLOADS",
+            "Uploads allowed per client address over the admin's product create/edit and bulk "
+            "import forms together."),
 ]
 # fmt: on
 

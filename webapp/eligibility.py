@@ -16,7 +16,7 @@ row-aligned columns both call the test; the database gets the clause.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ from webapp.preferences import HIDE_LEVELS, Preferences
 
 # Every Product attribute a condition may read, for callers that load columns themselves.
 COLUMNS = (
+    "id",
     "active",
     "stock",
     "gender",
@@ -114,6 +115,22 @@ class NoneOf:
         return or_(column.is_(None), column.not_in(sorted(self.values)))
 
 
+@dataclass(frozen=True)
+class NotAmong:
+    """Not one of the products a shopper marked "not interested" (by id)."""
+
+    column: str
+    values: frozenset[int]
+
+    def test(self, value: Any) -> bool:
+        """True when the product is not excluded."""
+        return value not in self.values
+
+    def clause(self) -> ColumnElement[bool]:
+        """``id NOT IN (values)`` (ids are never NULL)."""
+        return getattr(Product, self.column).not_in(sorted(self.values))
+
+
 def preference_conditions(prefs: Preferences) -> list[Condition]:
     """The conditions a shopper's preferences add.
 
@@ -182,11 +199,16 @@ class Eligibility:
     conditions: tuple[Condition, ...]
 
     @classmethod
-    def of(cls, prefs: Preferences, *, in_stock: bool = True) -> Eligibility:
-        """Active, in stock unless ``in_stock=False``, and allowed by ``prefs``."""
+    def of(
+        cls, prefs: Preferences, *, in_stock: bool = True, exclude: Collection[int] = ()
+    ) -> Eligibility:
+        """Active, in stock unless ``in_stock=False``, allowed by ``prefs`` and not one of
+        ``exclude`` (the products the shopper marked "not interested")."""
         conditions: list[Condition] = [IsActive()]
         if in_stock:
             conditions.append(InStock())
+        if exclude:
+            conditions.append(NotAmong("id", frozenset(int(pid) for pid in exclude)))
         return cls((*conditions, *preference_conditions(prefs)))
 
     def clauses(self) -> list[ColumnElement[bool]]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, current_app, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
+from webapp import ratelimit
 from webapp.extensions import db
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,34 @@ def render_error(code: int, message: str | None = None):
         return f"{code}: {message}", code, {"Content-Type": "text/plain; charset=utf-8"}
 
 
+def too_large_message(exc: HTTPException) -> str:
+    """Which body limit a 413 hit: a form limit names itself, else the request's size limit
+    (a view may raise it, as the bulk import does)."""
+    if exc.description != RequestEntityTooLarge.description:
+        return str(exc.description)
+    limit = request.max_content_length or current_app.config["MAX_CONTENT_LENGTH"]
+    size = f"{limit / 2**20:.0f} MB" if limit >= 2**20 else f"{limit / 2**10:.0f} KB"
+    return f"That upload is too large: the limit is {size}."
+
+
+def too_many_requests(exc: HTTPException):
+    """The 429 answer: what was limited, how long to wait, and a ``Retry-After`` header."""
+    wait = ratelimit.retry_after_s()
+    message = exc.description if exc.description != type(exc).description else MESSAGES[429]
+    headers = {"Retry-After": str(wait)}
+    if wants_json():
+        return jsonify(error=message, status=429, retry_after=wait), 429, headers
+    try:
+        page = render_template(
+            "errors/429.html", code=429, message=message, wait=ratelimit.describe_wait(wait)
+        )
+    except Exception:  # the page itself failed (e.g. the DB is down): plain text, still no trace
+        logger.exception("error page failed to render")
+        headers["Content-Type"] = "text/plain; charset=utf-8"
+        return f"429: {message} Try again in {wait} seconds.", 429, headers
+    return page, 429, headers
+
+
 def register(app: Flask) -> None:
     """Install the handlers."""
 
@@ -53,8 +82,11 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(413)
     def too_large(exc: HTTPException):
-        limit_mb = app.config["MAX_CONTENT_LENGTH"] / (1024 * 1024)
-        return render_error(413, f"That upload is too large: the limit is {limit_mb:.0f} MB.")
+        return render_error(413, too_large_message(exc))
+
+    @app.errorhandler(429)
+    def too_many(exc: HTTPException):
+        return too_many_requests(exc)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

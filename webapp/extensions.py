@@ -5,6 +5,8 @@ from __future__ import annotations
 import redis
 from celery import Celery, Task
 from flask import Flask, current_app
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -23,6 +25,17 @@ login_manager = LoginManager()
 login_manager.login_view = "account.login"
 login_manager.login_message = "Please sign in to see that page."
 login_manager.login_message_category = "info"
+# Limits are declared by the views (webapp.ratelimit), keyed by client address unless a limit
+# says otherwise. Fixed here, not per app: no X-RateLimit headers on every page (the 429
+# answer carries Retry-After), and a failing counter store never fails a request.
+limiter = Limiter(
+    key_func=get_remote_address,
+    strategy="fixed-window",
+    headers_enabled=False,
+    swallow_errors=True,
+    in_memory_fallback_enabled=True,
+    key_prefix="shop",
+)
 
 
 def get_redis():
@@ -70,6 +83,7 @@ def celery_init_app(app: Flask) -> Celery:
                 "worker.tasks.ml_index_catalog": {"queue": "index"},
                 "worker.tasks.ml_build_neighbours": {"queue": "index"},
                 "worker.tasks.ml_tune_catalog": {"queue": "index"},
+                "worker.tasks.ml_heal_index": {"queue": "index"},
                 "worker.tasks.ml_index_import": {"queue": "index"},
                 "worker.tasks.ml_calibrate_duplicates": {"queue": "index"},
                 "worker.tasks.ml_*": {"queue": "ml"},

@@ -125,6 +125,10 @@ class User(UserMixin, db.Model):
     preference_items: Mapped[list[PreferenceItem]] = relationship(
         back_populates="user", cascade="all, delete-orphan", lazy="selectin"
     )
+    # Read through webapp.taste with one query when needed, never with the user.
+    taste_items: Mapped[list[TasteItem]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", lazy="select"
+    )
 
     def set_password(self, password: str) -> None:
         """Store a salted hash, never the password."""
@@ -154,6 +158,26 @@ class PreferenceItem(db.Model):
     user: Mapped[User] = relationship(back_populates="preference_items")
 
     __table_args__ = (UniqueConstraint("user_id", "kind", "value", name="uq_preference_item"),)
+
+
+class TasteItem(db.Model):
+    """One entry of a signed-in shopper's taste: a product they liked, viewed or marked
+    "not interested" (``kind``: likes | views | not_interested), and when."""
+
+    __tablename__ = "taste_item"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"))
+    # A deleted product leaves its shoppers' tastes with it (the index serves that delete).
+    product_id: Mapped[int] = mapped_column(
+        ForeignKey("product.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(20))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    user: Mapped[User] = relationship(back_populates="taste_items")
+
+    __table_args__ = (UniqueConstraint("user_id", "kind", "product_id", name="uq_taste_item"),)
 
 
 @login_manager.user_loader

@@ -21,6 +21,7 @@ from webapp.extensions import get_redis
 
 __all__ = [
     "ModelUnavailable",
+    "allowed_model_ids",
     "backbone_for",
     "backbone_settings",
     "image_key",
@@ -73,3 +74,12 @@ def newest_network(base_id: str) -> Path | None:
 def neighbour_cache() -> NeighbourCache:
     """The Redis neighbour lists."""
     return NeighbourCache(get_redis())
+
+
+def allowed_model_ids() -> list[str]:
+    """The model ids a request may name: the served one (whose lists pages show) and those
+    an admin enabled in ``COMPARE_MODELS``. Building a model costs a worker seconds and
+    tens of MB for good, so no other id that arrives from outside is ever built."""
+    ids = [str(model_id) for model_id in current_app.config.get("COMPARE_MODELS") or ()]
+    served = neighbour_cache().active_model()
+    return list(dict.fromkeys([served, *ids] if served else ids))

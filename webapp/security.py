@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Response
+from flask import Response, session
 
 # Everything the site loads comes from itself: no CDN, no inline scripts.
 CSP = (
@@ -19,4 +19,10 @@ def add_security_headers(response: Response) -> Response:
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
     headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+    # A signed-in page is that person's (their name, preferences, the admin's forms): no
+    # shared cache may keep it. Responses that chose their own caching (static files and
+    # product photos say public) keep it. ``in`` does not mark the session as read.
+    cache = response.cache_control
+    if "_user_id" in session and not (cache.public or cache.private or cache.no_store):
+        cache.private = True
     return response

@@ -5,8 +5,12 @@ Used by the admin product forms and by photo search. The checks, in order:
 1. the body is not empty;
 2. Pillow recognises the *content* as JPEG, PNG or WebP (the file name and the client's
    content type are never trusted; only those three decoders are even tried);
-3. width x height is within ``max_pixels``, checked from the header before any pixel is
-   decoded (Pillow's own decompression-bomb limit applies as well, whichever is stricter);
+3. each side is within ``max_side`` and width x height within ``max_pixels``, checked from
+   the header before any pixel is decoded (Pillow's own decompression-bomb limit applies as
+   well, whichever is stricter). Together they bound the decode time: the pixel budget
+   bounds the work, the side bound stops a strip, which passes the budget yet decodes
+   slowly (a 1 x 40,000,000 PNG weighs tens of KB and took seconds); refused here, a
+   bomb costs nothing;
 4. ``verify()`` walks the file's structure, then a fresh decode of every pixel catches
    truncated files that ``verify()`` lets through;
 5. animated images (animated WebP, APNG) are refused: a product photo is one still
@@ -28,6 +32,7 @@ import uuid
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from flask import current_app
 from PIL import Image
 from werkzeug.datastructures import FileStorage
 
@@ -42,6 +47,8 @@ ALLOWED_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 MIMETYPES: dict[str, str] = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 NOT_AN_IMAGE = "This file is not a JPEG, PNG or WebP image."
+# Longest side accepted when a caller names none (the MAX_IMAGE_SIDE setting's default).
+DEFAULT_MAX_SIDE = 16_384
 
 
 class InvalidImage(ValueError):
@@ -91,10 +98,21 @@ def _format_pixels(n: int) -> str:
     return f"{n / 1_000_000:.1f} megapixels" if n >= 100_000 else f"{n:,} pixels"
 
 
-def validate_image(source: FileStorage | bytes | BinaryIO, *, max_pixels: int) -> ValidatedImage:
-    """Check that an upload really is a still JPEG, PNG or WebP image within ``max_pixels``."""
-    if max_pixels <= 0:
-        raise ValueError("max_pixels must be positive")
+def validate_upload(source: FileStorage | bytes | BinaryIO) -> ValidatedImage:
+    """``validate_image`` under the app's ``MAX_IMAGE_PIXELS`` and ``MAX_IMAGE_SIDE``."""
+    cfg = current_app.config
+    return validate_image(
+        source, max_pixels=int(cfg["MAX_IMAGE_PIXELS"]), max_side=int(cfg["MAX_IMAGE_SIDE"])
+    )
+
+
+def validate_image(
+    source: FileStorage | bytes | BinaryIO, *, max_pixels: int, max_side: int = DEFAULT_MAX_SIDE
+) -> ValidatedImage:
+    """Check that an upload really is a still JPEG, PNG or WebP image within ``max_pixels``
+    and ``max_side``."""
+    if max_pixels <= 0 or max_side <= 0:
+        raise ValueError("max_pixels and max_side must be positive")
     data, filename = _read_source(source)
     if not data:
         raise InvalidImage("The file is empty. Please choose a photo to upload.")
@@ -105,7 +123,7 @@ def validate_image(source: FileStorage | bytes | BinaryIO, *, max_pixels: int) -
             fmt = img.format
             width, height = img.size
             # Header only so far: refuse huge images before a single pixel is decoded.
-            _check_pixels(width, height, max_pixels)
+            _check_pixels(width, height, max_pixels, max_side)
             img.verify()
         with Image.open(io.BytesIO(data), formats=allowed) as img:
             # Phone cameras write multi-picture JPEGs (MPO): the first picture is the photo,
@@ -146,10 +164,15 @@ def validate_image(source: FileStorage | bytes | BinaryIO, *, max_pixels: int) -
     )
 
 
-def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+def _check_pixels(width: int, height: int, max_pixels: int, max_side: int) -> None:
     """Refuse empty or oversized dimensions."""
     if width <= 0 or height <= 0:
         raise InvalidImage("The image has no pixels.")
+    if max(width, height) > max_side:
+        raise InvalidImage(
+            f"The image is too large ({width} x {height} pixels): "
+            f"each side may be at most {max_side:,} pixels."
+        )
     if width * height > max_pixels:
         raise InvalidImage(
             f"The image is too large ({width} x {height} pixels): "

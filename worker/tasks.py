@@ -14,7 +14,15 @@ from celery.signals import worker_ready
 from webapp import exclusive, registry
 from webapp.search.services import cleanup_uploads
 from worker import signals  # noqa: F401  (connects the handlers that move index states)
-from worker.jobs import bulk_import, hashing, indexing, photo_search, thresholds, tuning
+from worker.jobs import (
+    bulk_import,
+    hashing,
+    healing,
+    indexing,
+    search_requests,
+    thresholds,
+    tuning,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +99,23 @@ def ml_build_neighbours(self, model_id: str | None = None) -> dict[str, object]:
         exclusive.finished(exclusive.INDEX, self.request.id)
 
 
+@shared_task(bind=True, ignore_result=False)
+def ml_heal_index(self) -> dict[str, object]:
+    """Rebuild the served neighbour lists from the embeddings on disk when Redis lost them
+    (nothing when they are whole); sent by pages and by the worker's own check."""
+    try:
+        return healing.heal_index(lambda stage: _progress(self, stage))
+    finally:
+        exclusive.finished(exclusive.INDEX, self.request.id)
+
+
+@shared_task(ignore_result=True)
+def check_index_lists() -> float:
+    """Send ``ml_heal_index`` when the served lists are missing or incomplete; the seconds
+    until the next check (called in the worker's main process by ``worker.signals``)."""
+    return healing.check_lists()
+
+
 @shared_task(ignore_result=False)
 def ml_update_product(product_id: int) -> dict[str, object]:
     """After a product is created, edited or deleted: its embedding and the lists it touches."""
@@ -98,16 +123,29 @@ def ml_update_product(product_id: int) -> dict[str, object]:
     return {"product_id": product_id, "action": report.action, "rewritten": len(report.rewritten)}
 
 
-@shared_task(ignore_result=True)
+# A search takes well under a second once the model is loaded: past these limits (seconds)
+# something is stuck, and the request fails (soft) or its worker process is replaced (hard).
+SEARCH_TIME_LIMITS = {"soft_time_limit": 120, "time_limit": 150}
+
+
+@shared_task(ignore_result=True, **SEARCH_TIME_LIMITS)
 def ml_search_photo(request_id: str) -> str:
     """Photo search: embed the uploaded photo, classify it, rank the catalogue, record the top N."""
-    return photo_search.run_search_request(request_id)
+    return search_requests.run_search_request(request_id)
+
+
+@shared_task(ignore_result=True, **SEARCH_TIME_LIMITS)
+def ml_compare_photos(request_id: str) -> str:
+    """Two-image compare: embed both photos and record their score against the threshold."""
+    return search_requests.run_search_request(request_id)
 
 
 @shared_task(ignore_result=True)
-def ml_compare_photos(request_id: str) -> str:
-    """Two-image compare: embed both photos and record their score against the threshold."""
-    return photo_search.run_search_request(request_id)
+def search_heartbeat(node: str, startup: bool = False) -> int:
+    """An ``ml`` worker's beat: it is alive, and stale search requests are sent again or
+    failed (called, not sent, every few seconds in the worker's main process by
+    ``worker.signals``)."""
+    return search_requests.beat(node, startup)
 
 
 @shared_task(ignore_result=True)

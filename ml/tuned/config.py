@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from ml.labels import OTHER
+
 NETWORK_VERSION = 1
-OTHER = "(other)"
 CLASSIFIERS = ("sub", "type", "colour")
 # Where each backbone is cut: the layers above are trained, the ones below stay ImageNet's.
 CUT_LAYERS = {

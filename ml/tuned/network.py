@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ml.colour import ColourDescriptor
 from ml.folders import replace_folder
@@ -268,10 +269,19 @@ class TunedBackbone:
         """Embed photos (paths, bytes, PIL images or uint8 [n,h,w,3]) as unit rows."""
         if isinstance(images, np.ndarray):
             pictures: list[Any] = list(images) if images.ndim == 4 else [images]
+            coloured = pictures
         else:
             if isinstance(images, str | bytes | os.PathLike):
                 raise ValueError("expected a sequence of images; wrap a single image in a list")
-            pictures = [load_image(img) for img in images]
+            sources = list(images)
+            pictures = [load_image(img) for img in sources]
+            # The network sees a transparent background laid on white, as catalogue photos
+            # are; the colour descriptor reads the transparency as the product's mask (a
+            # shopper's photo after ``ml.foreground.prepare_query``) instead of guessing the
+            # background from the border of the photo laid on white.
+            coloured = [
+                src if _has_alpha(src) else pic for src, pic in zip(sources, pictures, strict=True)
+            ]
         if not pictures:
             raise ValueError("no images given: the sequence is empty")
         parts = []
@@ -281,7 +291,8 @@ class TunedBackbone:
             x = self.base.prepare(batch)
             views = [x, x[:, :, ::-1]] if self.config.mirror else [x]
             features = self._features(self.model, views)
-            parts.append(self.network.fuse(features, self._colour.describe(chunk)))
+            colours = self._colour.describe(coloured[start : start + batch_size])
+            parts.append(self.network.fuse(features, colours))
         return np.concatenate(parts, axis=0)
 
     def embed_maps(
@@ -295,3 +306,8 @@ class TunedBackbone:
             features = self._features(self.top, [m[:, v] for v in range(m.shape[1])])
             out.append(self.network.fuse(features, colours[start : start + batch_size]))
         return np.concatenate(out, axis=0) if out else np.empty((0, self.dim), np.float32)
+
+
+def _has_alpha(image: Any) -> bool:
+    """Whether a photo given to ``embed`` is a PIL image with a transparency channel."""
+    return isinstance(image, Image.Image) and image.mode in ("RGBA", "LA", "PA")

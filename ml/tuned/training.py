@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from ml.colour import ColourDescriptor
+from ml.labels import OTHER
 from ml.tuned.config import (
     CLASSIFIERS,
     NETWORK_VERSION,
-    OTHER,
     Progress,
     TuneConfig,
     class_indices,

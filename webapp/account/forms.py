@@ -10,6 +10,7 @@ from wtforms.validators import DataRequired, Email, EqualTo, InputRequired, Leng
 
 from webapp.account.services import CatalogueChoices
 from webapp.preferences import Preferences
+from webapp.validators import PlainText
 
 PASSWORD_MIN_LENGTH = 8
 # Long enough for any passphrase, short enough that hashing stays cheap.
@@ -30,6 +31,7 @@ class UserRegisterForm(FlaskForm):
         validators=[
             DataRequired("Enter your email address."),
             Length(max=254, message="That email address is too long."),
+            PlainText(),
             Email("Enter a valid email address, like name@example.com."),
         ],
         render_kw={"autocomplete": "email"},
@@ -64,7 +66,7 @@ class UserLoginForm(FlaskForm):
     email = EmailField(
         "Email",
         filters=[_normalise_email],
-        validators=[DataRequired("Enter your email address.")],
+        validators=[DataRequired("Enter your email address."), PlainText()],
         render_kw={"autocomplete": "email"},
     )
     password = PasswordField(

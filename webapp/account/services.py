@@ -23,6 +23,7 @@ from webapp.preferences import (
     save_user_preferences,
     user_preferences,
 )
+from webapp.taste import merge_session_taste
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +96,12 @@ def merge_session_preferences(user: User) -> bool:
 
 
 def sign_in(user: User, remember: bool = False) -> bool:
-    """Sign ``user`` in and merge what they chose while anonymous; True if anything merged."""
+    """Sign ``user`` in and merge what they chose while anonymous (their preferences and
+    their taste); True if there were preferences to merge."""
     login_user(user, remember=remember)
+    # Likes, views and "not interested" marks join the account quietly: the taste page
+    # lists them.
+    merge_session_taste(user)
     return merge_session_preferences(user)
 
 

@@ -6,6 +6,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user, logout_user
 
+from webapp import ratelimit
 from webapp.account.forms import (
     PreferencesResetForm,
     PreferencesUpdateForm,
@@ -38,6 +39,7 @@ def _next_url() -> str | None:
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@ratelimit.signin
 def login() -> ResponseReturnValue:
     """Sign in with email and password, then go back where the shopper came from."""
     next_url = _next_url()
@@ -70,6 +72,7 @@ def logout() -> ResponseReturnValue:
 
 
 @bp.route("/register", methods=["GET", "POST"])
+@ratelimit.register
 def register() -> ResponseReturnValue:
     """Create a shopper account and sign in with it."""
     next_url = _next_url()

@@ -20,6 +20,7 @@ from wtforms import (
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, StopValidation
 
 from webapp.uploads import ALLOWED_EXTENSIONS
+from webapp.validators import PlainText
 
 # Text attributes shared by both product forms: form field -> (label, max length).
 TEXT_FIELDS: dict[str, tuple[str, int]] = {
@@ -58,7 +59,7 @@ def _finite(form: FlaskForm, field: DecimalField) -> None:
 def _text(label: str, max_length: int, datalist: str) -> StringField:
     return StringField(
         label,
-        validators=[Optional(), Length(max=max_length)],
+        validators=[Optional(), Length(max=max_length), PlainText()],
         filters=[_strip],
         # Suggest values already in the catalogue without forcing them.
         render_kw={"list": datalist, "autocomplete": "off", "maxlength": max_length},
@@ -70,7 +71,11 @@ class _ProductFields(FlaskForm):
 
     name = StringField(
         "Name",
-        validators=[DataRequired(message="Please give the product a name."), Length(max=300)],
+        validators=[
+            DataRequired(message="Please give the product a name."),
+            Length(max=300),
+            PlainText(),
+        ],
         filters=[_strip],
         render_kw={"maxlength": 300},
     )
@@ -153,7 +158,9 @@ class ProductFilterForm(FlaskForm):
     class Meta:
         csrf = False
 
-    q = StringField("Search", filters=[_strip], validators=[Optional(), Length(max=300)])
+    q = StringField(
+        "Search", filters=[_strip], validators=[Optional(), Length(max=300), PlainText()]
+    )
     status = SelectField(
         "Status",
         choices=[

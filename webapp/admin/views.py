@@ -22,6 +22,7 @@ from flask_login import current_user
 from sqlalchemy import distinct, or_, select
 from werkzeug.routing import BuildError
 
+from webapp import ratelimit
 from webapp.account.services import safe_next_url
 from webapp.admin import services
 from webapp.admin.forms import (
@@ -34,7 +35,7 @@ from webapp.admin.forms import (
 from webapp.extensions import db, login_manager
 from webapp.media import image_file
 from webapp.models import Product
-from webapp.uploads import InvalidImage, ValidatedImage, validate_image
+from webapp.uploads import InvalidImage, ValidatedImage, validate_upload
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +103,6 @@ def _facet_options() -> dict[str, list[str]]:
     return options
 
 
-def _max_pixels() -> int:
-    return int(current_app.config["MAX_IMAGE_PIXELS"])
-
-
 @bp.get("/")
 def index() -> ResponseReturnValue:
     """The admin area starts at the product list."""
@@ -152,11 +149,7 @@ def _save_product_form(
     otherwise) and the status to render the form with (400 with errors, 409 lost a race)."""
     if form.validate_on_submit():
         try:
-            image = (
-                validate_image(form.image.data, max_pixels=_max_pixels())
-                if form.image.data
-                else None
-            )
+            image = validate_upload(form.image.data) if form.image.data else None
             product = save(form.product_data(), image)
         except InvalidImage as exc:
             form.image.errors.append(exc.message)
@@ -170,6 +163,7 @@ def _save_product_form(
 
 
 @bp.route("/products/new", methods=["GET", "POST"])
+@ratelimit.admin_uploads
 def product_create() -> ResponseReturnValue:
     """Add a product: every attribute plus a required photo."""
     form = ProductCreateForm()
@@ -188,6 +182,7 @@ def product_create() -> ResponseReturnValue:
 
 
 @bp.route("/products/<int:product_id>/edit", methods=["GET", "POST"])
+@ratelimit.admin_uploads
 def product_edit(product_id: int) -> ResponseReturnValue:
     """Change a product's attributes; the photo is replaced only when a new one is chosen."""
     product = get_product_or_404(product_id)

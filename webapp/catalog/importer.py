@@ -111,7 +111,9 @@ def check_image_bytes(data: bytes, max_pixels: int | None) -> str | None:
     except Image.DecompressionBombError:
         return "image is too large"
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        return f"not a readable image: {exc}" if str(exc) else "not a readable image"
+        # Pillow's reasons name its own internals (an in-memory file's address): log them.
+        logger.info("unreadable image: %s: %s", type(exc).__name__, exc)
+        return "not a readable image"
     if max_pixels and width * height > max_pixels:
         return f"image is too large ({width}x{height} pixels)"
     return None
@@ -135,25 +137,11 @@ def import_catalog(
     is called after each batch. Raises CatalogError when nothing can be imported.
     """
     started = time.perf_counter()
-    if image_mode not in IMAGE_MODES:
-        raise CatalogError(
-            f"image mode must be one of {', '.join(IMAGE_MODES)}, not {image_mode!r}"
-        )
-    if image_mode == "copy" and not media_folder:
-        raise CatalogError("copying images needs a media folder")
-    if batch_size < 1:
-        raise CatalogError("batch size must be at least 1")
+    _check_options(image_mode, media_folder, batch_size)
     source = resolve_source(path)
     parsed = read_styles(source.styles_path, limit=limit)
     _require_product_table(session)
-
-    copy_dir = None
-    if image_mode == "copy":
-        copy_dir = os.path.join(os.fspath(media_folder), MEDIA_SUBDIR)  # type: ignore[arg-type]
-        try:
-            os.makedirs(copy_dir, exist_ok=True)
-        except OSError as exc:
-            raise CatalogError(f"cannot create {copy_dir}: {exc.strerror}") from exc
+    copy_dir = _make_copy_dir(media_folder) if image_mode == "copy" else None
 
     columns = (*parsed.attributes, "image_path", "image_sha256")
     existing = _load_existing(session, columns)
@@ -165,26 +153,11 @@ def import_catalog(
         progress(0, total)
     for start in range(0, total, batch_size):
         batch = parsed.rows[start : start + batch_size]
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
-        now = datetime.now(UTC)
-        for row in batch:
-            old = existing.get(row.id)
-            image = _prepare_image(row, source, copy_dir, old, max_image_pixels)
-            if isinstance(image, Skip):
-                result.skipped.append(image)
-                continue
-            values = {**row.values, "image_path": image[0], "image_sha256": image[1]}
-            if old is None:
-                inserts.append(
-                    {"id": row.id, **values, "active": True, "created_at": now, "updated_at": now}
-                )
-                result.inserted.append(row.id)
-            elif any(old[c] != values[c] for c in columns):
-                updates.append({"id": row.id, **values, "updated_at": now})
-                result.updated.append(row.id)
-            else:
-                result.unchanged.append(row.id)
+        images = [
+            _prepare_image(row, source, copy_dir, existing.get(row.id), max_image_pixels)
+            for row in batch
+        ]
+        inserts, updates = _sort_batch(batch, images, existing, columns, result)
         _write_batch(session, inserts, updates, batch)
         if progress:
             progress(start + len(batch), total)
@@ -196,6 +169,61 @@ def import_catalog(
     result.seconds = time.perf_counter() - started
     logger.info("catalogue import of %s: %s", source.styles_path, result.counts())
     return result
+
+
+def _check_options(
+    image_mode: str, media_folder: str | os.PathLike[str] | None, batch_size: int
+) -> None:
+    """A CatalogError for an unknown image mode, a copy without a folder or an empty batch."""
+    if image_mode not in IMAGE_MODES:
+        raise CatalogError(
+            f"image mode must be one of {', '.join(IMAGE_MODES)}, not {image_mode!r}"
+        )
+    if image_mode == "copy" and not media_folder:
+        raise CatalogError("copying images needs a media folder")
+    if batch_size < 1:
+        raise CatalogError("batch size must be at least 1")
+
+
+def _make_copy_dir(media_folder: str | os.PathLike[str]) -> str:
+    """The folder copied images go to, created when missing."""
+    copy_dir = os.path.join(os.fspath(media_folder), MEDIA_SUBDIR)
+    try:
+        os.makedirs(copy_dir, exist_ok=True)
+    except OSError as exc:
+        raise CatalogError(f"cannot create {copy_dir}: {exc.strerror}") from exc
+    return copy_dir
+
+
+def _sort_batch(
+    batch: list[StyleRow],
+    images: list[tuple[str, str] | Skip],
+    existing: dict[int, dict[str, Any]],
+    columns: tuple[str, ...],
+    result: ImportResult,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One batch's rows to insert and to update, given each row's prepared image; each row
+    is recorded in ``result`` as inserted, updated, unchanged or skipped (image unusable)."""
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    now = datetime.now(UTC)
+    for row, image in zip(batch, images, strict=True):
+        old = existing.get(row.id)
+        if isinstance(image, Skip):
+            result.skipped.append(image)
+            continue
+        values = {**row.values, "image_path": image[0], "image_sha256": image[1]}
+        if old is None:
+            inserts.append(
+                {"id": row.id, **values, "active": True, "created_at": now, "updated_at": now}
+            )
+            result.inserted.append(row.id)
+        elif any(old[c] != values[c] for c in columns):
+            updates.append({"id": row.id, **values, "updated_at": now})
+            result.updated.append(row.id)
+        else:
+            result.unchanged.append(row.id)
+    return inserts, updates
 
 
 def _require_product_table(session: Session | scoped_session[Session]) -> None:

@@ -24,6 +24,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from webapp.models import Product
+from webapp.validators import has_control_characters
 
 # styles.csv header -> Product attribute. All of these must be present.
 REQUIRED_COLUMNS: dict[str, str] = {
@@ -222,6 +223,9 @@ def _parse_values(cells: dict[str, str], product_id: int) -> dict[str, Any]:
             text = cells[column]
             if len(text) > TEXT_LIMITS[attr]:
                 raise RowError(f"{column} is longer than {TEXT_LIMITS[attr]} characters")
+            if has_control_characters(text):
+                # As the admin's forms: PostgreSQL refuses NUL, and the others hide text.
+                raise RowError(f"{column} contains a control character (such as NUL)")
             values[attr] = text or None
     if values["name"] is None:
         # The name is required for display; build a plain one from the attributes we have.

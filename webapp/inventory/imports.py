@@ -39,6 +39,7 @@ from webapp.extensions import db, send_task
 from webapp.inventory.job_lock import JobLock
 from webapp.inventory.safety import UploadRejected, ZipLimits, inspect_csv, inspect_zip
 from webapp.models import ImportJob, ImportJobRow, ImportJobStatus, User
+from webapp.validators import without_control_characters
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +135,9 @@ def create_job(csv_file: FileStorage, zip_file: FileStorage, user: User) -> Impo
         job = ImportJob(
             user_id=user.id,
             started_by=user.email,
-            csv_filename=(csv_file.filename or CSV_NAME)[:255],
-            zip_filename=(zip_file.filename or ZIP_NAME)[:255],
+            # The client's file names are metadata only; PostgreSQL refuses NUL in text.
+            csv_filename=without_control_characters(csv_file.filename or CSV_NAME)[:255],
+            zip_filename=without_control_characters(zip_file.filename or ZIP_NAME)[:255],
             rows_total=len(parsed.rows) + len(parsed.skips),
             status=ImportJobStatus.QUEUED,
             stage="import",

@@ -8,12 +8,15 @@ raw line lengths and header width, so a file with a million columns never reache
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
 import zipfile
 from dataclasses import dataclass, field
 from typing import BinaryIO
+
+logger = logging.getLogger(__name__)
 
 # Members over this size must not compress better than the ratio limit.
 RATIO_CHECK_FROM = 1024 * 1024
@@ -80,7 +83,11 @@ def inspect_zip(source: str | os.PathLike | BinaryIO, limits: ZipLimits) -> ZipP
     try:
         archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
-        raise UploadRejected(f"The photo archive is not a readable ZIP file ({exc}).") from exc
+        # The reason goes to the log: an OSError names the server's own path.
+        logger.info("unreadable ZIP: %s: %s", type(exc).__name__, exc)
+        raise UploadRejected(
+            "The photo archive is not a readable ZIP file: it may be damaged or not a ZIP."
+        ) from exc
     with archive:
         infos = archive.infolist()
     if len(infos) > limits.max_members:

@@ -16,7 +16,7 @@ from celery.result import AsyncResult
 from flask import current_app
 from sqlalchemy import func, select
 
-from webapp import exclusive, registry
+from webapp import exclusive, healing, registry
 from webapp.extensions import db, get_redis
 from webapp.models import Product
 from webapp.thresholds import duplicate_threshold, duplicate_threshold_info
@@ -92,6 +92,8 @@ def index_status(ping: bool = True) -> dict[str, Any]:
     try:
         redis = get_redis()
         cache = registry.neighbour_cache()
+        # Lists lost with Redis's data are rebuilt from the embeddings (shown as the index job).
+        healing.heal_if_needed()
         active = cache.active_model()
         status["queues"] = {name: int(redis.llen(name)) for name in queue_names()}
         status["jobs"] = {

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from webapp import exclusive
+from webapp import exclusive, ratelimit
 from webapp.admin.forms import ActionForm
 from webapp.extensions import csrf, db
 from webapp.inventory import duplicates, imports, index_state
@@ -90,6 +90,7 @@ def import_list() -> ResponseReturnValue:
 
 @bp.route("/imports/new", methods=["GET", "POST"])
 @csrf.exempt  # checked below, once the larger upload limit of this form applies
+@ratelimit.admin_uploads
 def import_new() -> ResponseReturnValue:
     """Upload styles.csv and a ZIP of photos; the import runs as a background job."""
     limit = int(current_app.config["IMPORT_MAX_UPLOAD"])
@@ -97,12 +98,14 @@ def import_new() -> ResponseReturnValue:
         request.max_content_length = limit
         try:
             request.files  # noqa: B018 (parse the body now, under this form's limit)
-        except RequestEntityTooLarge:
-            return render_template(
-                "errors/error.html",
-                code=413,
-                message=f"That upload is too large: the limit for bulk imports is {_mb(limit)}.",
-            ), 413
+        except RequestEntityTooLarge as exc:
+            # A form limit (too many parts) names itself; otherwise it is this form's size.
+            message = (
+                str(exc.description)
+                if exc.description != RequestEntityTooLarge.description
+                else f"That upload is too large: the limit for bulk imports is {_mb(limit)}."
+            )
+            return render_template("errors/error.html", code=413, message=message), 413
         if current_app.config.get("WTF_CSRF_ENABLED", True):
             csrf.protect()
     form = BulkImportForm()

@@ -20,6 +20,9 @@ from webapp.registry import store_for
 logger = logging.getLogger(__name__)
 
 KINDS = ("leave-one-out", "held-out", "queries")
+# The offline measure of the "For you" feed (``flask model evaluate-feed``): simulated
+# shoppers rather than retrieval queries, so it is stored and shown apart from KINDS.
+FEED_KIND = "feed"
 # The stored result's format version, written into every result so that a reader can tell
 # formats apart.
 RESULT_VERSION = 1
@@ -35,12 +38,26 @@ def latest_results(model_folder: str | os.PathLike | None = None) -> dict[str, d
     root = Path(model_folder or current_app.config["MODEL_FOLDER"])
     out: dict[str, dict[str, Any]] = {}
     for kind in KINDS:
-        for path in root.glob(f"*/evaluations/latest-{kind}.json"):
-            try:
-                result = json.loads(path.read_text())
-            except (OSError, ValueError):
-                logger.warning("unreadable evaluation %s", path)
-                continue
-            if kind not in out or result.get("created_at", "") > out[kind].get("created_at", ""):
-                out[kind] = result
+        result = latest_of_kind(root, kind)
+        if result is not None:
+            out[kind] = result
     return out
+
+
+def latest_feed_result(model_folder: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The most recent stored offline measure of the feed, over every model, or None."""
+    return latest_of_kind(Path(model_folder or current_app.config["MODEL_FOLDER"]), FEED_KIND)
+
+
+def latest_of_kind(root: Path, kind: str) -> dict[str, Any] | None:
+    """The most recent readable ``latest-<kind>.json`` under ``root``'s model folders."""
+    latest: dict[str, Any] | None = None
+    for path in root.glob(f"*/evaluations/latest-{kind}.json"):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            logger.warning("unreadable evaluation %s", path)
+            continue
+        if latest is None or result.get("created_at", "") > latest.get("created_at", ""):
+            latest = result
+    return latest

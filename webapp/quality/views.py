@@ -72,12 +72,14 @@ def report_view(kind: str, result: dict[str, Any]) -> ReportView:
 
 @bp.get("/")
 def quality_report():
-    """The latest stored evaluations: the report's table beside ours, other metrics, charts."""
+    """The latest stored evaluations: the report's table beside ours, other metrics, charts;
+    and the latest offline measure of the "For you" feed."""
     results = services.latest_results()
     reports = [report_view(kind, results[kind]) for kind in services.KINDS if kind in results]
     return render_template(
         "admin/quality.html",
         reports=reports,
+        feed=services.latest_feed_result(),
         features=FEATURES,
         tolerances=[tolerance_key(t) for t in TOLERANCES],
         reference_name=REFERENCE_NAME,

@@ -1,4 +1,4 @@
-"""Photo search and compare requests: uploads, their records in Redis, waiting, results, retention.
+"""Photo search and compare requests: uploads, their records in Redis, results, retention.
 
 The web tier stores the upload under a generated name, writes a search request's record and
 enqueues its task by name on the ``ml`` queue (``worker.tasks.ml_search_photo`` /
@@ -8,10 +8,14 @@ read the record; nothing here imports the worker or TensorFlow.
 A search request's record, JSON under ``search:job:<id>`` with the retention period as its TTL::
 
     {"id", "kind": "search" | "compare", "state": "queued" | "running" | "done" | "failed",
-     "created_at", "images": [relative paths], "n", "all_categories", "prefs", "model",
+     "created_at", "queued_at", "images": [relative paths], "n", "all_categories", "prefs",
+     "crop": [x, y, w, h] relative or null (``webapp.search.crop``), "model", "owner", "user_id" (who may read it: ``access``), "attempts" (runs begun),
+     "resent_at", "started_at", "ended_at", "worker" (who runs or ran it),
      "result": {...} (done), "error": message, "code": HTTP status (failed)}
 
 When a request ends the worker pushes to ``search:done:<id>`` so a waiting page wakes at once.
+Pages and the API read and wait through ``watchdog``, which makes sure every pending request
+still has somebody working on it; only its owner (``access``) may read it.
 """
 
 from __future__ import annotations
@@ -23,21 +27,25 @@ import os
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-import redis as redis_lib
 from flask import current_app
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
+from webapp import healing
 from webapp.extensions import db, get_redis, send_task
 from webapp.models import Product
 from webapp.preferences import Preferences
+from webapp.search import access, liveness
+from webapp.search.crop import Box
+from webapp.search.liveness import UNAVAILABLE
 from webapp.similar.selection import reasons
 from webapp.similar.services import SimilarItem, SimilarResult
+from webapp.taste import not_interested_ids
 from webapp.uploads import ValidatedImage, media_file_path, store_image
 
 logger = logging.getLogger(__name__)
@@ -49,7 +57,6 @@ CLEANUP_KEY = "search:cleanup"
 REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,120}$")
 PENDING = ("queued", "running")
-UNAVAILABLE = "Photo search is unavailable right now. Please try again shortly."
 MAX_N = 50
 # The worker task that answers each kind of request.
 TASKS = {"search": "worker.tasks.ml_search_photo", "compare": "worker.tasks.ml_compare_photos"}
@@ -78,7 +85,7 @@ def retention_s() -> int:
 
 
 def valid_request_id(request_id: str) -> bool:
-    """Request ids are 32 lowercase hex digits (random: knowing one is what grants access)."""
+    """Request ids are 32 lowercase hex digits (random; only the owner may read one: ``access``)."""
     return bool(REQUEST_ID_RE.match(request_id or ""))
 
 
@@ -94,35 +101,50 @@ def create_request(
     all_categories: bool = False,
     prefs: Preferences | None = None,
     model: str | None = None,
+    crop: Box | None = None,
 ) -> str:
-    """Store the uploads, write the request's record and enqueue its task; returns its id."""
+    """Store the uploads, write the request's record and enqueue its task; returns its id.
+    ``crop``: the part of a search's photo to search (a box ``check_crop`` accepted)."""
     media = current_app.config["MEDIA_FOLDER"]
     request_id = uuid.uuid4().hex
     paths = [store_image(image, media, UPLOAD_SUBDIR) for image in images]
+    now = time.time()
     record = {
         "id": request_id,
         "kind": kind,
         "state": "queued",
-        "created_at": time.time(),
+        "created_at": now,
+        "queued_at": now,
         "images": paths,
         "n": n,
         "all_categories": all_categories,
         "prefs": (prefs or Preferences()).to_session(),
+        "crop": None if crop is None else list(crop),
+        # Products the shopper marked "not interested" are left out while choosing.
+        "exclude": sorted(not_interested_ids()) if kind == "search" else [],
         "model": model,
+        "attempts": 0,
+        **access.owner_fields(),
     }
     try:
-        get_redis().set(_key(request_id), json.dumps(record), ex=retention_s())
-        _enqueue(kind, request_id)
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.set(_key(request_id), json.dumps(record), ex=retention_s())
+        pipe.zadd(liveness.PENDING_KEY, {request_id: now})
+        pipe.execute()
+        enqueue(kind, request_id)
     except (RedisError, OSError, KombuOperationalError) as exc:
         logger.warning("could not enqueue %s request: %s", kind, exc)
         for path in paths:
             remove_upload(path)
         _delete_quietly(_key(request_id))
+        with contextlib.suppress(RedisError):
+            get_redis().zrem(liveness.PENDING_KEY, request_id)
         raise SearchRequestError(UNAVAILABLE) from exc
     return request_id
 
 
-def _enqueue(kind: str, request_id: str) -> None:
+def enqueue(kind: str, request_id: str) -> None:
+    """Send the request's task by name (again, for a resend: the worker answers it once)."""
     # The task id is the request id, so the worker log and the record name the same thing.
     send_task(TASKS[kind], (request_id,), task_id=request_id)
 
@@ -155,42 +177,12 @@ def update_request(request_id: str, **changes: Any) -> dict[str, Any] | None:
 
 
 def notify_done(request_id: str) -> None:
-    """Wake whoever waits on this request."""
+    """Wake whoever waits on this request (it has ended: no sweep looks at it again)."""
     pipe = get_redis().pipeline(transaction=False)
     pipe.rpush(DONE_KEY.format(id=request_id), 1)
     pipe.expire(DONE_KEY.format(id=request_id), 120)
+    pipe.zrem(liveness.PENDING_KEY, request_id)
     pipe.execute()
-
-
-def wait_for_request(request_id: str, timeout: float) -> dict[str, Any] | None:
-    """The request's record once it has ended, or as it stands when ``timeout`` seconds pass."""
-    record = get_request(request_id)
-    deadline = time.monotonic() + timeout
-    if record is None or record["state"] not in PENDING or timeout <= 0:
-        return record
-    # A client of its own: the shared one times out after REDIS_TIMEOUT, shorter than a wait.
-    client = current_app.extensions.get("search_redis")
-    if client is None:
-        client = redis_lib.Redis.from_url(
-            current_app.config["REDIS_URL"],
-            socket_timeout=current_app.config["SEARCH_WAIT_TIMEOUT"] + 5,
-            socket_connect_timeout=current_app.config["REDIS_TIMEOUT"],
-        )
-        current_app.extensions["search_redis"] = client
-    done_key = DONE_KEY.format(id=request_id)
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return record
-            popped = client.blpop([done_key], timeout=max(0.01, left))
-            if popped is not None:
-                client.rpush(done_key, 1)  # put it back for any other waiter
-            record = get_request(request_id)
-            if record is None or record["state"] not in PENDING:
-                return record
-    except redis_lib.RedisError as exc:
-        raise SearchRequestError(UNAVAILABLE) from exc
 
 
 def request_photo_path(record: dict[str, Any], index: int = 0) -> str | None:
@@ -218,16 +210,33 @@ class SearchView:
     elapsed_ms: float | None
     code: int
     heads: str | None = None
+    # The crop box searched (None: the whole photo) and where the product was found in it.
+    crop: list[float] | None = None
+    product_box: list[float] | None = None
+    # Even the best result is far from the photo (below the close-match cosine).
+    no_close_match: bool = False
+    # Other products showing the same picture as a shown product's card, by its id.
+    also: dict[int, list[Product]] = field(default_factory=dict)
 
 
 def search_view(record: dict[str, Any]) -> SearchView:
     """Turn a search request's record into products with scores and reasons (one DB query)."""
     state = record["state"]
     request_id = record["id"]
+    crop = record.get("crop")
+    if state in PENDING and record.get("unavailable"):
+        result = SimilarResult("unavailable", message=UNAVAILABLE)
+        return SearchView(
+            request_id, state, result, [], None, record["all_categories"], None, 503, crop=crop
+        )
     if state in PENDING:
         result = SimilarResult("pending", message="Searching the catalogue...")
-        return SearchView(request_id, state, result, [], None, record["all_categories"], None, 202)
+        return SearchView(
+            request_id, state, result, [], None, record["all_categories"], None, 202, crop=crop
+        )
     if state == "failed":
+        if record.get("code", 503) == 503:
+            healing.heal_if_unserved("photo search found no served model")
         result = SimilarResult("failed", message=record.get("error") or "The search failed.")
         return SearchView(
             request_id,
@@ -238,20 +247,30 @@ def search_view(record: dict[str, Any]) -> SearchView:
             record["all_categories"],
             None,
             record.get("code", 503),
+            crop=crop,
         )
     found = record["result"]
-    ids = [item[0] for item in found["items"]]
+    also = {int(k): v for k, v in (found.get("also") or {}).items()}
+    groups = [[item[0], *also.get(item[0], [])] for item in found["items"]]
+    ids = [pid for group in groups for pid in group]
     rows = {p.id: p for p in db.session.scalars(select(Product).where(Product.id.in_(ids)))}
     predicted = SimpleNamespace(
         **{p["field"]: p["value"] for p in found["predictions"] if p.get("confident")}
     )
-    items = []
-    for product_id, score, level in found["items"]:
-        product = rows.get(product_id)
-        if product is None or not product.active:
-            continue  # deleted or withdrawn since the search ran
+    items, listed = [], {}
+    # Marked "not interested" after the search ran: dropped from its page at once.
+    marked = not_interested_ids()
+    for group, (_, score, level) in zip(groups, found["items"], strict=True):
+        # Deleted or withdrawn since the search ran, or just marked: another product listing
+        # the same picture takes the card, if there is one.
+        shown = [rows[p] for p in group if p in rows and rows[p].active and p not in marked]
+        if not shown:
+            continue
+        product = shown[0]
         why = [LEVEL_REASONS[level]] if level in LEVEL_REASONS else []
         items.append(SimilarItem(product, float(score), why + reasons(predicted, product)))
+        if len(shown) > 1:
+            listed[product.id] = shown[1:]
     result = SimilarResult(
         "ok", items, message=found.get("message") or "", model_id=found.get("model")
     )
@@ -265,6 +284,10 @@ def search_view(record: dict[str, Any]) -> SearchView:
         found.get("elapsed_ms"),
         200,
         found.get("heads"),
+        crop=crop,
+        product_box=found.get("product_box"),
+        no_close_match=bool(found.get("no_close_match")) and bool(items),
+        also=listed,
     )
 
 

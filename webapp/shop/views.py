@@ -20,11 +20,13 @@ from flask import (
     url_for,
 )
 
+from webapp.feed import PAGE_N, ROW_N, current_feed, has_signals
 from webapp.media import OutsideMediaFolder, media_path
 from webapp.preferences import current_preferences
 from webapp.shop import services
 from webapp.shop.services import FACET_LABELS, SORTS, CatalogArgsError
 from webapp.similar.services import similar_products
+from webapp.taste import current_taste, not_interested_ids, record_view
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +64,16 @@ def catalog() -> str:
         abort(400, str(exc))
     prefs = current_preferences()
     result = services.catalog_page(query, prefs, current_app.config["PRODUCTS_PER_PAGE"])
+    # The "For you" row: on the first page of the whole catalogue, once the shopper has
+    # liked or viewed something (the /for-you page shows the labelled fallback before that).
+    feed = None
+    if result.page == 1 and not query.is_filtered and has_signals(current_taste()):
+        feed = current_feed(ROW_N)
     return render_template(
         "shop/catalog.html",
         query=query,
         result=result,
+        feed=feed,
         facet_labels=FACET_LABELS,
         sorts=SORTS,
         preference_notes=services.preference_summary(prefs),
@@ -75,12 +83,25 @@ def catalog() -> str:
 
 @bp.get("/products/<int:product_id>")
 def product_detail(product_id: int) -> str:
-    """One product: photo, attributes and breadcrumbs to its categories."""
+    """One product: photo, attributes and breadcrumbs to its categories; the shopper's
+    recently viewed products remember it."""
     product = services.get_product_or_404(product_id)
+    if product.active:
+        record_view(product.id)
     similar = similar_products(
-        product, current_preferences(), current_app.config["SIMILAR_PRODUCTS_N"]
+        product,
+        current_preferences(),
+        current_app.config["SIMILAR_PRODUCTS_N"],
+        exclude=not_interested_ids(),
     )
     return render_template("shop/product_detail.html", product=product, similar=similar)
+
+
+@bp.get("/for-you")
+def for_you() -> str:
+    """Products picked from the shopper's likes and views; the newest products, labelled,
+    for a shopper with neither."""
+    return render_template("shop/for_you.html", feed=current_feed(PAGE_N))
 
 
 @bp.get("/products/<int:product_id>/image")

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
+from flask import current_app
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from ml.neighbours import query as nearest
 from ml.store import EmbeddingStore
-from webapp import registry
+from webapp import healing, registry
 from webapp.eligibility import Eligibility, eligible_clauses  # noqa: F401 (re-exported)
 from webapp.extensions import db
 from webapp.models import Product
@@ -23,7 +25,7 @@ logger = logging.getLogger(__name__)
 MAX_N = 50
 
 # One store per model id and process: the memory map and its parsed deltas are reused.
-_stores: dict[str, EmbeddingStore] = {}
+_stores: dict[tuple[str, str], EmbeddingStore] = {}
 
 
 @dataclass
@@ -61,12 +63,16 @@ def with_overrides(
     return out
 
 
-def similar_products(product: Product, prefs: Preferences, n: int) -> SimilarResult:
-    """Top-n products that look like ``product``, preferences applied while choosing."""
+def similar_products(
+    product: Product, prefs: Preferences, n: int, exclude: Collection[int] = ()
+) -> SimilarResult:
+    """Top-n products that look like ``product``, preferences applied while choosing;
+    ``exclude`` (the shopper's "not interested" products) never chosen."""
     try:
         cache = registry.neighbour_cache()
         model_id = cache.active_model()
         if model_id is None:
+            healing.request_heal("no model is served")
             return SimilarResult("pending", message="Recommendations are being prepared.")
         cached = cache.get_list(model_id, product.id)
     except RedisError as exc:
@@ -82,13 +88,16 @@ def similar_products(product: Product, prefs: Preferences, n: int) -> SimilarRes
         rows = {p.id: p for p in db.session.scalars(select(Product).where(Product.id.in_(ids)))}
 
     eligibility = Eligibility.of(prefs)
+    excluded = frozenset(exclude)
 
     def is_eligible(pid: int) -> bool:
         p = rows.get(pid)
-        return p is not None and p.id != product.id and eligibility.allows(p)
+        return (
+            p is not None and p.id != product.id and pid not in excluded and eligibility.allows(p)
+        )
 
     def fallback(chosen: set[int], missing: int) -> list[tuple[int, float]]:
-        found = _filtered_search(model_id, product, eligibility, chosen, missing)
+        found = _filtered_search(model_id, product, eligibility, chosen | excluded, missing)
         if found:
             ids = [pid for pid, _ in found if pid not in rows]
             rows.update(
@@ -98,6 +107,8 @@ def similar_products(product: Product, prefs: Preferences, n: int) -> SimilarRes
 
     chosen = choose(ranked, is_eligible, n, fallback)
     if not chosen and cached is None:
+        if product.image_path:  # a product without a photo never has a list
+            healing.request_heal(f"product {product.id} has no list")
         return SimilarResult(
             "pending",
             message="Similar products for this item are being prepared.",
@@ -108,9 +119,12 @@ def similar_products(product: Product, prefs: Preferences, n: int) -> SimilarRes
 
 
 def _store(model_id: str) -> EmbeddingStore:
-    store = _stores.get(model_id)
+    """The model's store, kept per process (it caches its loaded matrix); keyed by folder
+    too, since two apps may serve the same model id from different model folders."""
+    key = (current_app.config["MODEL_FOLDER"], model_id)
+    store = _stores.get(key)
     if store is None:
-        store = _stores[model_id] = registry.store_for(model_id)
+        store = _stores[key] = registry.store_for(model_id)
     return store
 
 

@@ -6,7 +6,9 @@ Each job is idempotent (running it twice leaves the same index as running it onc
   (or whose photo changed), chunk by chunk, each chunk committed as an atomic part; a killed
   job resumes where it stopped.
 * ``build_neighbours``: exact top-K for every product into Redis under the model id, then one
-  atomic switch makes the lists the served ones.
+  atomic switch makes the lists the served ones. The lists are written under the model's
+  lists lock, which incremental updates take too, and then caught up with what the store
+  gained while they were computed.
 * ``update_product`` / ``update_products``: after products are created, edited or deleted
   (one in the admin pages, thousands in a bulk import), re-embed those whose photo changed
   and rewrite only the lists they enter or leave. Both are the one incremental path of
@@ -35,6 +37,7 @@ from worker.jobs.upkeep import (
     BatchUpdateReport,
     Plan,
     Progress,
+    catch_up_lists,
     kth_scores,
     update_products,
 )
@@ -133,7 +136,8 @@ def build_neighbours(
     """Exact top-K lists for every embedded product, written under the model id, then served."""
     k = k or current_app.config["NEIGHBOURS_K"]
     cache = neighbour_cache()
-    ids, vectors = store_for(model_id).load()
+    store = store_for(model_id)
+    ids, vectors, keys = store.load_with_keys()
     if len(ids) < 2:
         raise ValueError(
             f"model {model_id} has {len(ids)} embedded products; embed the catalogue first"
@@ -141,12 +145,14 @@ def build_neighbours(
     t0 = time.perf_counter()
     idx, scores = all_neighbours(np.asarray(vectors), k, progress=progress)
     t1 = time.perf_counter()
-    old_ids, old_kth = cache.read_index(model_id)
-    # Mark incomplete while lists are rewritten, so a crash never leaves a "complete" mix.
-    cache.write_index(model_id, old_ids, old_kth, k=k, complete=False)
-    cache.write_lists(model_id, ids, ids[idx], scores)
-    cache.delete_lists(model_id, np.setdiff1d(old_ids, ids))
-    cache.write_index(model_id, ids, kth_scores(scores, k), k=k, complete=True, full_build=True)
+    with cache.writing(model_id) as renew:  # no incremental update writes meanwhile
+        old_ids, old_kth = cache.read_index(model_id)
+        # Mark incomplete while lists are rewritten, so a crash never leaves a "complete" mix.
+        cache.write_index(model_id, old_ids, old_kth, k=k, complete=False)
+        cache.write_lists(model_id, ids, ids[idx], scores)
+        cache.delete_lists(model_id, np.setdiff1d(old_ids, ids))
+        cache.write_index(model_id, ids, kth_scores(scores, k), k=k, complete=True, full_build=True)
+        catch_up_lists(cache, store, model_id, (ids, vectors, keys), renew)
     t2 = time.perf_counter()
     if activate:
         cache.activate(model_id)

@@ -1,8 +1,8 @@
 """Photo search and compare, as run by the ``ml`` worker: embed, classify, rank, choose.
 
 Runs inside Celery tasks (never in a page): it loads the backbone of the served model id,
-keeps that model's embedding matrix and heads in memory once per worker process, and writes
-its answer into the search request's record (``webapp.search.services``).
+keeps that model's embedding matrix and heads in memory once per worker process, and returns
+the answer that ``worker.jobs.search_requests`` records in the search request.
 
 Ranking a photo is ``ml.search_levels.rank``, the same function the evaluation measures:
 one matrix-vector product scores every catalogue product, then the level plan (same photo,
@@ -15,8 +15,10 @@ apply while choosing and N results come back whenever N eligible products exist.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,10 @@ from flask import current_app
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import select
 
-from ml import search_levels
-from ml.blas import blas_threads
+from ml import foreground, search_levels
 from ml.compare_threshold import cosine_to_score
-from ml.heads import OTHER, TYPE_SEPARATOR, HeadSet
+from ml.heads import HeadSet
+from ml.labels import OTHER, TYPE_SEPARATOR
 from ml.preprocess import load_image
 from ml.search_levels import Level, Prediction, SearchPolicy
 from webapp import registry
@@ -37,14 +39,17 @@ from webapp.eligibility import Eligibility
 from webapp.extensions import db
 from webapp.models import Product
 from webapp.preferences import Preferences
-from webapp.search import services
 from webapp.thresholds import compare_threshold
 from webapp.uploads import media_file_path
+from worker.jobs import search_results
 
 logger = logging.getLogger(__name__)
 
 # Candidate ids per database query.
 ID_CHUNK = 2000
+# A photo with a crop box is decoded this much larger at most, so the box keeps detail.
+MAX_CROP_ZOOM = 4.0
+MODEL_UNAVAILABLE = "Photo search is unavailable right now: the model could not be loaded."
 
 
 class SearchError(Exception):
@@ -131,11 +136,28 @@ def heads_for(model_id: str) -> HeadSet | None:
 
 def backbone_for(model_id: str) -> Any:
     """The embedder whose vectors carry ``model_id`` (plain or catalogue-tuned backbone); a
-    clear error when this install cannot run it."""
+    plain 503 when this install cannot run it (the reason, which names weight files and
+    download addresses, goes to the log only)."""
     try:
         return registry.backbone_for(model_id)
     except registry.ModelUnavailable as exc:
-        raise SearchError(str(exc), 400) from exc
+        logger.error("model %s cannot be loaded: %s", model_id, exc)
+        raise SearchError(MODEL_UNAVAILABLE, 503) from exc
+
+
+def allowed_model(model_id: str) -> str:
+    """``model_id`` when a request may name it (``registry.allowed_model_ids``), else a 400
+    naming the allowed ids: the web side checks the same, this makes sure no request ever
+    gets a worker to build a model of its choosing."""
+    allowed = registry.allowed_model_ids()
+    if model_id not in allowed:
+        logger.warning("refused a request naming model %r (allowed: %s)", model_id, allowed)
+        raise SearchError(
+            "That model is not served here; the allowed model ids are: "
+            f"{', '.join(allowed) or 'none yet'}.",
+            400,
+        )
+    return model_id
 
 
 def served_model() -> str:
@@ -179,6 +201,36 @@ def read_photo(relative: str, size: int) -> Image.Image:
     return image
 
 
+@dataclass(frozen=True)
+class QueryPhoto:
+    """A shopper's photo as photo search embeds it, and what was done to it: the crop box
+    asked for, where the product was found (relative to the whole photo; None when nothing
+    was cut: a photo on white, or no product standing out) and what the step cost."""
+
+    image: Image.Image
+    crop: tuple[float, float, float, float] | None
+    product_box: tuple[float, float, float, float] | None
+    foreground_ms: float
+
+
+def read_query(relative: str, size: int, crop: Sequence[float] | None = None) -> QueryPhoto:
+    """A shopper's uploaded photo as photo search embeds it: read as ``read_photo`` reads it
+    (decoded larger when a crop box is given, so the box still holds about ``size`` pixels),
+    then ``ml.foreground.prepare_query``: inside the crop box, cut to the product, the
+    background transparent. Catalogue photos (on white, no box) come back as ``read_photo``
+    gives them, so they embed as their stored selves."""
+    box = None if crop is None else tuple(float(v) for v in crop)
+    # Read 1 / min(w, h) times larger, the box's longer side keeps at least ``size`` pixels
+    # whichever way the photo and the box are turned.
+    zoom = 1.0 if box is None else min(MAX_CROP_ZOOM, 1.0 / min(box[2], box[3]))
+    image = read_photo(relative, math.ceil(size * zoom))
+    started = time.perf_counter()
+    prepared, found = foreground.prepare_query_and_box(image, box)
+    cost_ms = (time.perf_counter() - started) * 1000
+    product_box = None if found is None else tuple(round(v, 4) for v in found)
+    return QueryPhoto(prepared, box, product_box, round(cost_ms, 2))
+
+
 # -- search ---------------------------------------------------------------------------------
 
 
@@ -218,33 +270,39 @@ class EligibleProducts:
 
 
 def search_photo(
-    relative_path: str, prefs: Preferences, n: int, all_categories: bool = False
+    relative_path: str,
+    prefs: Preferences,
+    n: int,
+    all_categories: bool = False,
+    exclude: Collection[int] = (),
+    crop: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """Rank the catalogue for one uploaded photo; JSON-safe result for the request's record."""
+    """Rank the catalogue for one uploaded photo (inside ``crop``, relative x, y, w, h, when
+    given); JSON-safe result for the request's record. ``exclude``: products the shopper
+    marked "not interested", never chosen."""
     started = time.perf_counter()
     model_id = served_model()
     backbone = backbone_for(model_id)
     index = catalogue_index(model_id)
-    image = read_photo(relative_path, backbone.input_size)
-    query = backbone.embed([image])[0]
+    photo = read_query(relative_path, backbone.input_size, crop)
+    query = backbone.embed([photo.image])[0]
     if query.shape[0] != index.vectors.shape[1]:
         raise SearchError(f"The embeddings of {model_id} do not match its backbone.", 503)
     heads = heads_for(model_id)
     prediction = Prediction.from_heads(heads.predict(query) if heads is not None else {})
     policy = search_policy()
     scores = index.vectors @ query
-    ranking = search_levels.rank(
-        scores,
-        prediction,
-        EligibleProducts(index.ids, Eligibility.of(prefs).clauses()),
-        n,
-        policy,
-        all_categories=all_categories,
+    eligible = EligibleProducts(index.ids, Eligibility.of(prefs, exclude=exclude).clauses())
+    ranking, groups = search_results.choose_distinct(
+        index.ids, scores, prediction, eligible, n, policy, all_categories
     )
-    items = [
-        [int(index.ids[row]), round(float(scores[row]), 5), level]
+    level_of = {
+        int(index.ids[row]): (float(scores[row]), level)
         for row, level in zip(ranking.rows.tolist(), ranking.levels, strict=True)
-    ]
+    }
+    items = [[group[0], round(level_of[group[0]][0], 5), level_of[group[0]][1]] for group in groups]
+    closest = max((item[1] for item in items), default=None)
+    threshold, threshold_from = search_results.close_match_cosine(model_id)
     return {
         "model": model_id,
         "heads": heads.version if heads is not None else None,
@@ -252,6 +310,17 @@ def search_photo(
         "searched": ranking.searched,
         "message": _message(ranking, n, all_categories, heads is not None),
         "items": items,
+        # Other products showing the same picture as a card's, best first (keys: card ids).
+        "also": {str(group[0]): group[1:] for group in groups if len(group) > 1},
+        "crop": None if photo.crop is None else list(photo.crop),
+        "product_box": None if photo.product_box is None else list(photo.product_box),
+        "foreground_ms": photo.foreground_ms,
+        "closest": closest,
+        "close_match_cosine": threshold,
+        "close_match_from": threshold_from,
+        "no_close_match": bool(
+            threshold is not None and closest is not None and closest < threshold
+        ),
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
     }
 
@@ -307,7 +376,7 @@ def compare_photos(relative_paths: list[str], model: str | None) -> dict[str, An
     """Score how alike two uploaded photos are, with the model's calibrated threshold."""
     started = time.perf_counter()
     if model:
-        model_id = model
+        model_id = allowed_model(model)
     else:
         try:
             model_id = served_model()
@@ -329,55 +398,3 @@ def compare_photos(relative_paths: list[str], model: str | None) -> dict[str, An
         "target_precision": calibration.get("target_precision") if calibration else None,
         "worker_ms": round((time.perf_counter() - started) * 1000, 1),
     }
-
-
-# -- the task body --------------------------------------------------------------------------
-
-
-def run_search_request(request_id: str) -> str:
-    """Run one search or compare request and record its end; returns the final state."""
-    try:
-        services.cleanup_if_due()
-    except Exception:  # noqa: BLE001 - housekeeping must never cost a shopper their search
-        logger.warning("search upload cleanup failed", exc_info=True)
-    record = services.get_request(request_id)
-    if record is None:
-        logger.info("search request %s expired before it ran", request_id)
-        return "expired"
-    if record["state"] not in services.PENDING:
-        return record["state"]  # a redelivered task: the request already ended
-    services.update_request(request_id, state="running")
-    try:
-        # One vector against a few matrices: BLAS threads only wait on each other here.
-        with blas_threads(1):
-            if record["kind"] == "search":
-                n = int(record.get("n") or current_app.config["SEARCH_RESULTS_N"])
-                result = search_photo(
-                    record["images"][0],
-                    Preferences.from_session(record.get("prefs")),
-                    n,
-                    bool(record.get("all_categories")),
-                )
-            else:
-                result = compare_photos(record["images"], record.get("model"))
-        services.update_request(request_id, state="done", result=result)
-        return "done"
-    except SearchError as exc:
-        services.update_request(request_id, state="failed", error=exc.message, code=exc.code)
-        return "failed"
-    except Exception:
-        logger.exception("%s request %s failed", record["kind"], request_id)
-        services.update_request(
-            request_id,
-            state="failed",
-            error="The search could not be completed. Please try again.",
-            code=503,
-        )
-        return "failed"
-    finally:
-        db.session.rollback()
-        if record["kind"] == "compare":
-            # Compare photos are not shown again: they go as soon as they are scored.
-            for path in record["images"]:
-                services.remove_upload(path)
-        services.notify_done(request_id)

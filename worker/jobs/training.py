@@ -15,7 +15,8 @@ import numpy as np
 from flask import current_app
 
 from ml.compare_threshold import CompareThreshold
-from ml.heads import HeadSet, TrainConfig, TrainReport, train_heads
+from ml.head_training import TrainConfig, TrainReport, train_heads
+from ml.heads import HeadSet
 from ml.thresholds import compare_threshold_file
 from webapp import registry
 from worker.jobs.thresholds import calibrate_compare_threshold

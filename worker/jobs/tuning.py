@@ -30,7 +30,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from ml.colour import ColourDescriptor
-from ml.heads import derived_type, majority_sub, merge_rare, stratified_split
+from ml.labels import derived_type, majority_sub, merge_rare, stratified_split
 from ml.store import EmbeddingStore
 from ml.tuned.config import TuneConfig, cut_layer
 from ml.tuned.feature_maps import FeatureMaps

@@ -13,6 +13,16 @@ before.
 
 The full build (:mod:`worker.jobs.indexing`) shares two of its steps: embedding photos
 chunk by chunk (:mod:`worker.jobs.photos`) and the K-th scores kept with the lists.
+
+Concurrency: the worker's processes run updates side by side. Embedding needs no lock (each
+chunk is a store part of its own); the list pass (read the index, load the store, rewrite,
+write the index) runs under the model's lists lock (:meth:`NeighbourCache.writing`), which a
+full build holds too while it writes. Rewriting a list is always right (it is recomputed
+from the whole store), so the only risk is a list that should change and is not rewritten;
+each update probes with its own products after their vectors are in the store, under the
+lock, against the K-th scores of the lists as they are, which finds every such list. A full
+build computes from a snapshot and then, under the lock, catches up with what was stored
+since (:func:`catch_up_lists`).
 """
 
 from __future__ import annotations
@@ -70,6 +80,9 @@ class BatchUpdateReport:
     rewritten: list[int] = field(default_factory=list)
     deleted_lists: list[int] = field(default_factory=list)
     lists_updated: bool = False
+    # Stored and unchanged but without a list (an earlier run stopped between its embedding
+    # and its list pass): listed now.
+    relisted: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -168,17 +181,33 @@ def update_products(
     for pid in wanted:
         if pid not in changing:
             (report.unchanged if current.get(pid, (None,))[0] else report.absent).append(pid)
-    if not changing:
+    cache = neighbour_cache()
+    unlisted = _unlisted(cache, backbone.model_id, report.unchanged)
+    if not changing and not unlisted:
         # Nothing moved in visual space (attribute edits, say): every list stays as it is.
         return report
-    _embed_planned(store, backbone, plan, current, report, progress, chunk)
-    cache = neighbour_cache()
-    if cache.meta(backbone.model_id).get("complete") == "1":
-        _rewrite_lists(cache, store, backbone.model_id, plan, report)
-        report.lists_updated = True
+    if changing:
+        _embed_planned(store, backbone, plan, current, report, progress, chunk)
+    with cache.writing(backbone.model_id) as renew:
+        if cache.meta(backbone.model_id).get("complete") == "1":
+            report.relisted = unlisted
+            _rewrite_lists(cache, store, backbone.model_id, plan, report, renew)
+            report.lists_updated = True
     if store.part_count() >= COMPACT_AFTER_PARTS:
         store.compact()
     return report
+
+
+def _unlisted(cache: NeighbourCache, model_id: str, stored: list[int]) -> list[int]:
+    """The stored products that have no list although the model's lists are complete."""
+    if not stored or cache.meta(model_id).get("complete") != "1":
+        return []
+    found = []
+    for start in range(0, len(stored), SQL_CHUNK):
+        chunk = stored[start : start + SQL_CHUNK]
+        lists = cache.get_lists(model_id, chunk)
+        found += [p for p, got in zip(chunk, lists, strict=True) if got is None]
+    return found
 
 
 def _embed_planned(
@@ -221,8 +250,10 @@ def _rewrite_lists(
     model_id: str,
     plan: Plan,
     report: BatchUpdateReport,
+    renew: Callable[[], object] = lambda: None,
 ) -> None:
-    """Rewrite the lists that gain or lose one of the products; leave every other list alone."""
+    """Rewrite the lists that gain or lose one of the products; leave every other list alone.
+    Runs under the lists lock; ``renew()`` keeps it between blocks."""
     k = int(cache.meta(model_id)["k"])
     ids, vectors = store.load()
     vectors = np.asarray(vectors, np.float32)
@@ -235,7 +266,8 @@ def _rewrite_lists(
     else:
         known = np.zeros(len(ids), bool)
 
-    new_rows = np.flatnonzero(np.isin(ids, np.asarray(report.embedded, np.int64)))
+    probed = np.asarray([*report.embedded, *report.relisted], np.int64)
+    new_rows = np.flatnonzero(np.isin(ids, probed))
     probes = [vectors[new_rows]]
     if len(plan.old_vectors) and plan.old_vectors.shape[1] == vectors.shape[1]:
         probes.append(plan.old_vectors)
@@ -252,6 +284,7 @@ def _rewrite_lists(
     rewritten: list[int] = []
     if kk > 0:
         for start in range(0, len(rows), BLOCK):
+            renew()
             block = rows[start : start + BLOCK]
             sims = vectors[block] @ vectors.T
             sims[np.arange(len(block)), block] = -np.inf
@@ -264,3 +297,48 @@ def _rewrite_lists(
         cache.delete_lists(model_id, plan.remove)
         report.deleted_lists = list(plan.remove)
     cache.write_index(model_id, ids, kth, k=k, complete=True)
+
+
+def catch_up_lists(
+    cache: NeighbourCache,
+    store: EmbeddingStore,
+    model_id: str,
+    snapshot: tuple[np.ndarray, np.ndarray, np.ndarray],
+    renew: Callable[[], object] = lambda: None,
+) -> BatchUpdateReport:
+    """After a full build wrote lists computed from ``snapshot`` (ids, vectors, keys as the
+    build read the store): rewrite the lists that products stored, changed or removed since
+    then enter or leave, the incremental way. Call it holding the lists lock: updates that
+    ran during the build's computation wrote lists the build has just overwritten."""
+    ids, vectors, keys = snapshot
+    now_ids, now_vectors, now_keys = store.load_with_keys()
+    # Changed: new, or another key (photo), or another vector (a part written without keys).
+    pos = np.minimum(np.searchsorted(ids, now_ids), max(len(ids) - 1, 0))
+    changed = np.ones(len(now_ids), bool)
+    if len(ids):
+        same = ids[pos] == now_ids
+        same[same] = (keys[pos[same]] == now_keys[same]) & np.all(
+            np.asarray(vectors[pos[same]]) == np.asarray(now_vectors[same]), axis=1
+        )
+        changed = ~same
+    report = BatchUpdateReport(model_id)
+    report.embedded = now_ids[changed].tolist()
+    report.removed = np.setdiff1d(ids, now_ids).tolist()
+    if not report.embedded and not report.removed:
+        return report
+    old_ids = np.intersect1d(ids, np.asarray([*report.embedded, *report.removed], np.int64))
+    old_vectors = (
+        np.asarray(vectors[np.searchsorted(ids, old_ids)], np.float32)
+        if len(old_ids)
+        else np.empty((0, 0), np.float32)
+    )
+    plan = Plan(report.embedded, report.removed, old_ids, old_vectors)
+    _rewrite_lists(cache, store, model_id, plan, report, renew)
+    report.lists_updated = True
+    logger.info(
+        "lists of %s caught up with %d products stored and %d removed during the build",
+        model_id,
+        len(report.embedded),
+        len(report.removed),
+    )
+    return report

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from ml import evaluation as ev
-from ml.heads import HeadSet, derived_type, majority_sub, train_heads
+from ml.head_training import train_heads
+from ml.heads import HeadSet
+from ml.labels import derived_type, majority_sub
 from ml.projection import Projection, ProjectionConfig, train_projection
 from webapp import registry
 from worker.jobs.evaluation.catalogue import Catalogue

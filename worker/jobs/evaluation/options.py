@@ -20,6 +20,9 @@ HEAD_DESCRIPTIONS = {
 }
 
 Say = Callable[[str], None]
+# ``Options.wild`` for wild photos made here (ml.wild), seeded by the run's seed and each
+# product's id.
+WILD_GENERATED = "generated"
 
 
 class EvaluationError(Exception):
@@ -44,6 +47,9 @@ class Options:
     latency_sample: int = 50
     retrain: bool = False
     network: str | None = None  # the tuned model id leave-one-out serves (None: the newest)
+    wild: str | None = None  # held-out runs: also search wild photos of the held-out products,
+    # WILD_GENERATED or a folder of them (images/<id>.jpg)
+    foreground: bool = True  # wild photos: prepared as photo search prepares an upload
 
 
 def colour_first(opts: Options) -> bool:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,57 +12,10 @@ from typing import Any
 import numpy as np
 
 from ml import evaluation as ev
+from ml.provenance import git_commit, machine
 from webapp.quality.services import RESULT_VERSION, evaluations_folder
 from worker.jobs.evaluation.catalogue import Catalogue
-from worker.jobs.evaluation.options import Options, colour_first
-
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-
-
-def machine() -> dict[str, Any]:
-    """What the evaluation ran on (timings mean little without it)."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = None
-    return {
-        "host": platform.node(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average": load,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
-
-
-def commit() -> str:
-    """The code's git commit (``+dirty`` when files differ from it), or ``unknown``."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head + ("+dirty" if dirty else "")) if head else "unknown"
+from worker.jobs.evaluation.options import WILD_GENERATED, Options, colour_first
 
 
 def command_line(opts: Options) -> str:
@@ -75,6 +26,8 @@ def command_line(opts: Options) -> str:
         words.append(f"--queries {opts.queries}")
     elif opts.split:
         words.append(f"--split {opts.split:g} --seed {opts.seed}")
+        if opts.wild:
+            words.append("--wild" if opts.wild == WILD_GENERATED else f"--wild {opts.wild}")
     elif opts.min_type_count != ev.REFERENCE_MIN_TYPE_COUNT:
         words.append(f"--min-type-count {opts.min_type_count}")
     if opts.k != 10:
@@ -94,7 +47,7 @@ def header(opts: Options, cat: Catalogue) -> dict[str, Any]:
         "command": command_line(opts),
         "version": RESULT_VERSION,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": commit(),
+        "commit": git_commit(),
         "machine": machine(),
         "base_model": cat.model_id,
         "catalogue_products": int(len(cat.ids)),
@@ -109,6 +62,8 @@ def header(opts: Options, cat: Catalogue) -> dict[str, Any]:
             "classifier": opts.classifier,
             "colour_first": colour_first(opts),
             "network": opts.network,
+            "wild": opts.wild,
+            "foreground": opts.foreground if opts.wild else None,
         },
         "reference": {"name": ev.REFERENCE_NAME, "table": ev.REFERENCE_TABLE},
     }

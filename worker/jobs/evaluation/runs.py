@@ -24,6 +24,7 @@ from worker.jobs.evaluation.options import HEAD_DESCRIPTIONS, EvaluationError, O
 from worker.jobs.evaluation.report import header
 from worker.jobs.evaluation.searches import PhotoQueries, photo_models, sample_photos
 from worker.jobs.evaluation.vectors import Queries, build_model
+from worker.jobs.evaluation.wild import run_wild, wild_photos
 
 
 def run(opts: Options, say: Say | None = None) -> dict[str, Any]:
@@ -98,8 +99,11 @@ def run_split(
     cat: Catalogue, colours: np.ndarray | None, opts: Options, say: Say | None
 ) -> dict[str, Any]:
     """A stratified share of the catalogue held out (never indexed, never trained on) and
-    searched as uploaded photos."""
-    kept, held = ev.holdout_split(list(cat.labels.derived_type), opts.split, opts.seed)
+    searched as uploaded photos; with ``opts.wild``, their wild photos too, side by side."""
+    kept, held = held_out(cat.labels, opts.split, opts.seed)
+    wild = wild_photos(cat, held, opts, say) if opts.wild else None
+    if wild is not None:
+        held = wild.rows  # both sides ask for the same products
     if say:
         say(
             f"Held out {len(held)} products ({opts.split:.0%} of each gender + articleType, "
@@ -116,7 +120,7 @@ def run_split(
         headset=headset,
         photos=sample_photos([cat.photos[i] for i in held], opts),
     )
-    return {
+    result = {
         "kind": "held-out",
         "queries_from": (
             f"{len(held)} held-out catalogue products ({opts.split:.0%} stratified by gender + "
@@ -131,6 +135,15 @@ def run_split(
         },
         "models": photo_models(cat, colours, photo_queries, opts, say),
     }
+    if wild is not None:
+        result["wild"] = run_wild(cat, colours, photo_queries, wild, opts, say)
+    return result
+
+
+def held_out(labels: ev.Labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (kept, held out) of the ``--split`` run: ``fraction`` of each gender +
+    articleType, reproducibly for a seed (also what bench/make_wild_queries.py photographs)."""
+    return ev.holdout_split(list(labels.derived_type), fraction, seed)
 
 
 def run_queries(

@@ -1,0 +1,1 @@
+"""Chaos tests: real services under faults (killed workers, lost Redis data, floods)."""
