@@ -19,7 +19,6 @@ Usage: PYTHONPATH=. .venv/bin/python bench/bench_feed.py [--requests 1000] [--co
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -34,27 +33,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_similar import free_port, percentile  # noqa: E402
+from bench.bench_similar import free_port, load_test, percentile  # noqa: E402
 from ml.provenance import git_commit  # noqa: E402
 
 TARGET_P95_MS = 30.0
 ROUNDS = 5
-
-
-def load_test(port: int, paths: list[str], concurrency: int, cookie: str = "") -> list[float]:
-    """Run the load generator in a second process, sending ``cookie``; latencies in ms."""
-    command = [sys.executable, str(ROOT / "bench" / "_load.py"), str(port), str(concurrency)]
-    out = subprocess.run(
-        command + ([cookie] if cookie else []),
-        input="\n".join(paths),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    result = json.loads(out.stdout)
-    if result["errors"]:
-        raise RuntimeError(f"{result['errors']} requests failed, e.g. {result['first_error']}")
-    return result["latencies_ms"]
 
 
 def shopper_cookie(app, product_ids: list[int], likes: int, views: int, seed: int) -> str:

@@ -95,10 +95,12 @@ def bench_redis_write(app, ids: np.ndarray, idx: np.ndarray, scores: np.ndarray)
     return seconds
 
 
-def load_test(port: int, paths: list[str], concurrency: int) -> list[float]:
-    """Run the load generator in a second process; returns latencies in ms."""
+def load_test(port: int, paths: list[str], concurrency: int, cookie: str = "") -> list[float]:
+    """Run the load generator in a second process (sending ``cookie`` when given); returns
+    latencies in ms."""
+    command = [sys.executable, str(ROOT / "bench" / "_load.py"), str(port), str(concurrency)]
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "_load.py"), str(port), str(concurrency)],
+        command + ([cookie] if cookie else []),
         input="\n".join(paths),
         capture_output=True,
         text=True,
