@@ -351,6 +351,8 @@ def test_api_search_with_wait_answers_at_once(shop, web):
     response = api_search(web, catalogue_photo(media, 2040), wait="1")
     assert response.status_code == 200
     assert ids_of(response.get_json())[0] == 2040
+    # What the worker spent finding the product in the photo (the search bench prints it).
+    assert response.get_json()["foreground_ms"] >= 0
     again = web.get(f"/api/jobs/{response.get_json()['job_id']}?wait=1&timeout=2")
     assert again.status_code == 200 and ids_of(again.get_json())[0] == 2040
 

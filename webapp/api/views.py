@@ -227,6 +227,7 @@ def request_json(record: dict, waited: bool = False) -> tuple[dict, int]:
             "all_categories": view.all_categories,
             "heads": view.heads,
             "worker_ms": view.elapsed_ms,
+            "foreground_ms": view.foreground_ms,
             "results_url": url_for("search.search_detail", request_id=record["id"]),
         }
         return body, unavailable_code if view.result.status == "unavailable" else view.code

@@ -215,6 +215,8 @@ class SearchView:
     product_box: list[float] | None = None
     # Even the best result is far from the photo (below the close-match cosine).
     no_close_match: bool = False
+    # What finding the product in the photo cost the worker (part of ``elapsed_ms``).
+    foreground_ms: float | None = None
     # Other products showing the same picture as a shown product's card, by its id.
     also: dict[int, list[Product]] = field(default_factory=dict)
 
@@ -287,6 +289,7 @@ def search_view(record: dict[str, Any]) -> SearchView:
         crop=crop,
         product_box=found.get("product_box"),
         no_close_match=bool(found.get("no_close_match")) and bool(items),
+        foreground_ms=found.get("foreground_ms"),
         also=listed,
     )
 
