@@ -29,7 +29,6 @@ from webapp.preferences import HIDE_LEVELS, Preferences
 
 # Every Product attribute a condition may read, for callers that load columns themselves.
 COLUMNS = (
-    "id",
     "active",
     "stock",
     "gender",

@@ -87,17 +87,14 @@ def similar_products(
         ids = [pid for pid, _ in ranked]
         rows = {p.id: p for p in db.session.scalars(select(Product).where(Product.id.in_(ids)))}
 
-    eligibility = Eligibility.of(prefs)
-    excluded = frozenset(exclude)
+    eligibility = Eligibility.of(prefs, exclude=exclude)
 
     def is_eligible(pid: int) -> bool:
         p = rows.get(pid)
-        return (
-            p is not None and p.id != product.id and pid not in excluded and eligibility.allows(p)
-        )
+        return p is not None and p.id != product.id and eligibility.allows(p)
 
     def fallback(chosen: set[int], missing: int) -> list[tuple[int, float]]:
-        found = _filtered_search(model_id, product, eligibility, chosen | excluded, missing)
+        found = _filtered_search(model_id, product, eligibility, chosen, missing)
         if found:
             ids = [pid for pid, _ in found if pid not in rows]
             rows.update(
@@ -129,9 +126,10 @@ def _store(model_id: str) -> EmbeddingStore:
 
 
 def _filtered_search(
-    model_id: str, product: Product, eligibility: Eligibility, exclude: set[int], missing: int
+    model_id: str, product: Product, eligibility: Eligibility, chosen: set[int], missing: int
 ) -> list[tuple[int, float]]:
-    """Exact search among eligible products only: used when the cached K run out."""
+    """Exact search among eligible products not ``chosen`` yet: used when the cached K run
+    out."""
     store = _store(model_id)
     ids, vectors = store.load()
     pos = store.positions([product.id])
@@ -143,7 +141,7 @@ def _filtered_search(
         ),
         dtype=np.int64,
     )
-    allowed = np.isin(ids, eligible) & ~np.isin(ids, np.fromiter(exclude, np.int64, len(exclude)))
+    allowed = np.isin(ids, eligible) & ~np.isin(ids, np.fromiter(chosen, np.int64, len(chosen)))
     if not allowed.any():
         return []
     idx, scores = nearest(vectors, np.asarray(vectors[pos[0]]), missing, allowed=allowed)
