@@ -5,51 +5,23 @@ then moves the box on the results page to the other product and searches again."
 from __future__ import annotations
 
 import re
-import threading
-from pathlib import Path
 
 import pytest
-import redis
-from werkzeug.serving import make_server
 
-from tests.conftest import TEST_REDIS_URL, _make_app
-from tests.test_browser import ARTIFACTS, CHROMIUM, page  # noqa: F401  (the page fixture)
-from tests.test_search import build_search_catalogue, search_config
+from tests.test_browser import ARTIFACTS, page  # noqa: F401  (the page fixture)
+from tests.test_search_browser import live_search  # noqa: F401  (the shop fixture)
 from tests.test_search_wild import LEFT, RIGHT, composite, wild_photo
-from tests.worker_process import WorkerProcess
-from webapp.extensions import db
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
-def live_shop(tmp_path):
-    """The shop over real HTTP (CSRF on), a trained catalogue and a real worker."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
-    client = redis.Redis.from_url(TEST_REDIS_URL)
-    client.flushdb()
-    app = _make_app(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'browser.sqlite3'}",
-        search_config(WTF_CSRF_ENABLED=True),
-    )
-    products = build_search_catalogue(app, tmp_path / "media")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    worker = WorkerProcess(app.config, tmp_path / "worker.log")
-    worker.env["SEARCH_SAME_PHOTO_COSINE"] = str(app.config["SEARCH_SAME_PHOTO_COSINE"])
-    worker.env["SEARCH_RESULTS_N"] = str(app.config["SEARCH_RESULTS_N"])
+def live_shop(live_search):  # noqa: F811
+    """The photo-search browser tests' shop over real HTTP, with its worker running."""
+    app, products, media, base, worker = live_search
     with app.app_context():
         worker.start(app.extensions["celery"])
-    yield app, products, tmp_path / "media", f"http://127.0.0.1:{server.server_port}"
-    worker.kill()
-    server.shutdown()
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
-    client.flushdb()
+    return app, products, media, base
 
 
 def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:  # noqa: F811
