@@ -30,6 +30,12 @@ logger = logging.getLogger(__name__)
 MAX_MATCHES = 6
 KIND_RANK = {"exact": 0, "perceptual": 1, "similar": 2}
 SQL_CHUNK = 2000
+# A product's hash row counts only while it was made from the product's current photo: a hash
+# of an older photo says nothing about the current one.
+CURRENT_HASH = and_(
+    ProductImageHash.product_id == Product.id,
+    ProductImageHash.image_sha256 == Product.image_sha256,
+)
 
 
 @dataclass
@@ -112,13 +118,7 @@ def catalogue_hashes() -> tuple[np.ndarray, np.ndarray, list[str]]:
         return cached[1], cached[2], cached[3]
     rows = db.session.execute(
         select(ProductImageHash.product_id, ProductImageHash.phash, ProductImageHash.image_sha256)
-        .join(
-            Product,
-            and_(
-                Product.id == ProductImageHash.product_id,
-                Product.image_sha256 == ProductImageHash.image_sha256,
-            ),
-        )
+        .join(Product, CURRENT_HASH)
         .order_by(ProductImageHash.product_id)
     ).all()
     result = (
@@ -306,13 +306,7 @@ def lookalike_groups(limit: int = 50) -> tuple[list[Group], int]:
             ProductImageHash.phash.label("phash"),
             func.min(ProductImageHash.product_id).label("first"),
         )
-        .join(
-            Product,
-            and_(
-                Product.id == ProductImageHash.product_id,
-                Product.image_sha256 == ProductImageHash.image_sha256,
-            ),
-        )
+        .join(Product, CURRENT_HASH)
         .group_by(ProductImageHash.phash)
         .having(func.count(func.distinct(ProductImageHash.image_sha256)) > 1)
         .subquery()
@@ -321,10 +315,8 @@ def lookalike_groups(limit: int = 50) -> tuple[list[Group], int]:
     keys = db.session.scalars(select(counted.c.phash).order_by(counted.c.first).limit(limit)).all()
     rows = db.session.execute(
         select(ProductImageHash.phash, Product)
-        .join(Product, Product.id == ProductImageHash.product_id)
-        .where(
-            ProductImageHash.phash.in_(keys), Product.image_sha256 == ProductImageHash.image_sha256
-        )
+        .join(Product, CURRENT_HASH)
+        .where(ProductImageHash.phash.in_(keys))
         .order_by(Product.id)
     ).all()
     groups = {k: Group(k, []) for k in keys}
@@ -339,14 +331,6 @@ def hash_coverage() -> tuple[int, int]:
         select(func.count()).select_from(Product).where(Product.image_sha256.is_not(None))
     )
     hashed = db.session.scalar(
-        select(func.count())
-        .select_from(ProductImageHash)
-        .join(
-            Product,
-            and_(
-                Product.id == ProductImageHash.product_id,
-                Product.image_sha256 == ProductImageHash.image_sha256,
-            ),
-        )
+        select(func.count()).select_from(ProductImageHash).join(Product, CURRENT_HASH)
     )
     return int(hashed or 0), int(with_photo or 0)

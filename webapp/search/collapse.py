@@ -17,10 +17,11 @@ from collections.abc import Sequence
 
 import numpy as np
 from flask import current_app
-from sqlalchemy import and_, select
+from sqlalchemy import select
 
 from webapp.extensions import db
 from webapp.inventory import perceptual
+from webapp.inventory.duplicates import CURRENT_HASH
 from webapp.models import Product, ProductImageHash
 
 
@@ -32,14 +33,7 @@ def same_picture_groups(ids: Sequence[int]) -> list[list[int]]:
         return []
     rows = db.session.execute(
         select(Product.id, Product.image_sha256, ProductImageHash.phash)
-        .outerjoin(
-            ProductImageHash,
-            and_(
-                ProductImageHash.product_id == Product.id,
-                # A hash made for an older photo says nothing about the current one.
-                ProductImageHash.image_sha256 == Product.image_sha256,
-            ),
-        )
+        .outerjoin(ProductImageHash, CURRENT_HASH)
         .where(Product.id.in_(ids))
     ).all()
     sha = {pid: s for pid, s, _ in rows if s}
