@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .preprocess import ImageSource, iter_square_batches
+from . import runtime
+from .preprocess import ImageSource, iter_square_batches, read_ahead
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Backbone:
         model_id: str,
         model: Any,
         normalise: Callable[[np.ndarray], np.ndarray] | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         if not MODEL_ID_RE.match(model_id):
             raise ValueError(f"model id {model_id!r} must match {MODEL_ID_RE.pattern}")
@@ -84,7 +86,8 @@ class Backbone:
         self.model_id = model_id
         self.model = model
         self._normalise = normalise
-        self._lock = threading.Lock()
+        # Where the converted weights and the runtime's exports of this network are cached.
+        self.cache_dir = cache_dir
 
     def __repr__(self) -> str:
         return f"Backbone({self.model_id!r}, dim={self.dim})"
@@ -94,13 +97,17 @@ class Backbone:
         x = np.asarray(batch).astype(np.float32)
         return self._normalise(x) if self._normalise is not None else x
 
+    def runner(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The network on the process's inference runtime (``ml.runtime``): prepared batch
+        -> pooled features."""
+        return runtime.runner(self.model, f"{self.model_id}-embed", self.cache_dir)
+
     def embed(self, images: Sequence[ImageSource] | np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Embed images (paths, bytes, PIL images or uint8 [n,h,w,3]) as float32 [n, dim] unit rows."""
+        run = self.runner()
         parts = []
-        for batch in iter_square_batches(images, self.input_size, batch_size):
-            x = self.prepare(batch)
-            with self._lock:  # Keras models are not safe to call from two threads at once.
-                out = self.model.predict_on_batch(x)
+        for batch in read_ahead(iter_square_batches(images, self.input_size, batch_size)):
+            out = run(self.prepare(batch))
             parts.append(np.asarray(out, dtype=np.float32).reshape(len(batch), -1))
         emb = np.concatenate(parts, axis=0)
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
@@ -161,7 +168,7 @@ def get_backbone(
         pooling,
         weights,
         str(resnet_weights) if name == "resnet50" else None,
-        cache_key_dir if name in LITE_NAMES else None,
+        cache_key_dir,
     )
     with _cache_lock:
         backbone = _cache.get(key)
@@ -256,11 +263,18 @@ def _build_lite(
     full, tag = lite_classifier_model(name, size, weights, cache_dir)
     features = full.get_layer(FEATURES_LAYER).output
     model = keras.Model(full.input, _pool_layer(pooling)(features), name=f"{name}_{pooling}")
-    return Backbone(name, size, HEAD_CHANNELS, make_model_id(name, tag, size, pooling), model)
+    return Backbone(
+        name,
+        size,
+        HEAD_CHANNELS,
+        make_model_id(name, tag, size, pooling),
+        model,
+        cache_dir=cache_dir,
+    )
 
 
 def _build_tiny(
-    size: int, pooling: str, weights: str, _resnet: str, _cache: str | None
+    size: int, pooling: str, weights: str, _resnet: str, cache_dir: str | None
 ) -> Backbone:
     import keras
     from keras import layers
@@ -275,7 +289,12 @@ def _build_tiny(
     # The tiny net is always random: "imagenet" simply means its fixed default seed.
     randomise_weights(model, RANDOM_SEED)
     return Backbone(
-        "tiny", size, TINY_DIM, make_model_id("tiny", f"seed{RANDOM_SEED}", size, pooling), model
+        "tiny",
+        size,
+        TINY_DIM,
+        make_model_id("tiny", f"seed{RANDOM_SEED}", size, pooling),
+        model,
+        cache_dir=cache_dir,
     )
 
 
@@ -286,7 +305,7 @@ def _caffe_normalise(x: np.ndarray) -> np.ndarray:
 
 
 def _build_resnet50(
-    size: int, pooling: str, weights: str, resnet_weights: str, _cache: str | None
+    size: int, pooling: str, weights: str, resnet_weights: str, cache_dir: str | None
 ) -> Backbone:
     import keras
 
@@ -317,6 +336,7 @@ def _build_resnet50(
         make_model_id("resnet50", tag, size, pooling),
         model,
         _caffe_normalise,
+        cache_dir=cache_dir,
     )
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Iterable, Sequence
-from typing import TypeAlias
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeAlias, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 ImageSource: TypeAlias = (
     str | bytes | bytearray | memoryview | os.PathLike | Image.Image | np.ndarray
 )
+
+T = TypeVar("T")
 
 WHITE = (255, 255, 255)
 RESAMPLE = Image.Resampling.BICUBIC
@@ -138,6 +141,23 @@ def _wide_to_rgb(im: Image.Image) -> Image.Image:
     return Image.fromarray(grey, mode="L").convert("RGB")
 
 
+_END = object()
+
+
+def read_ahead(items: Iterable[T]) -> Iterator[T]:
+    """Yield ``items`` while the next one is produced on a background thread: photos of the
+    next batch are decoded while the network runs on this one (both release the GIL)."""
+    it = iter(items)
+    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as pool:
+        pending = pool.submit(next, it, _END)
+        while True:
+            item = pending.result()
+            if item is _END:
+                return
+            pending = pool.submit(next, it, _END)
+            yield item
+
+
 def iter_square_batches(
     images: Sequence[ImageSource] | np.ndarray, size: int, batch_size: int
 ) -> Iterable[np.ndarray]:
@@ -179,3 +199,73 @@ def iter_square_batches(
         raise ValueError("no images given: the sequence is empty")
     for start in range(0, len(images), batch_size):
         yield batch_to_square(images[start : start + batch_size], size)
+
+
+# EXIF orientations that turn the photo a quarter (its width and height swap when upright).
+_QUARTER_TURNS = {5, 6, 7, 8}
+# Scales a JPEG decoder can decode at (DCT scaling), largest first.
+_DCT_SCALES = (8, 4, 2, 1)
+
+
+def load_image_reduced(
+    source: str | os.PathLike | bytes, size: int, box: Sequence[float] | None = None
+) -> Image.Image:
+    """Open a photo file or bytes as ``load_image`` does (upright RGB), decoded no larger
+    than its use needs: the part inside ``box`` (relative x, y, w, h of the upright photo;
+    None: the whole photo) keeps at least ``size`` pixels on its longer side, or all it has.
+
+    A JPEG is decoded at 1/2, 1/4 or 1/8 of its size where that still leaves enough (DCT
+    scaling: the decoder skips most of the work, and a 12-megapixel photo never exists in
+    memory at full size); any photo is then shrunk by the remaining whole factor (a box
+    average, ``Image.reduce``). The result is the whole photo, less than twice as large as
+    needed; the caller crops and makes the final resize. Errors as ``load_image``'s.
+    """
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    if isinstance(source, bytes | bytearray | memoryview):
+        if len(source) == 0:
+            raise ValueError("cannot decode image: the data is empty")
+        fh, label = io.BytesIO(bytes(source)), "image data"
+    elif isinstance(source, str | os.PathLike):
+        label = os.fspath(source)
+        if not os.path.isfile(label):
+            raise FileNotFoundError(f"image file not found: {label}")
+        fh = open(label, "rb")  # noqa: SIM115 - closed below, whatever happens
+    else:
+        raise TypeError(f"expected a path or bytes, got {type(source).__name__}")
+
+    def factor(width: int, height: int) -> int:
+        # The largest whole factor that leaves the box ``size`` pixels on its longer side.
+        x, y, w, h = (0.0, 0.0, 1.0, 1.0) if box is None else (float(v) for v in box)
+        box_w = max(0.0, min(1.0, x + w) - max(0.0, x)) * width
+        box_h = max(0.0, min(1.0, y + h) - max(0.0, y)) * height
+        return max(1, min(int(max(box_w, box_h) // size), width, height))
+
+    try:
+        with fh, Image.open(fh) as im:
+            if im.format in ("JPEG", "MPO"):
+                # Decide from the header, before any pixel is decoded; the box is upright.
+                width, height = im.size
+                if _orientation(im) in _QUARTER_TURNS:
+                    width, height = height, width
+                scale = next(s for s in _DCT_SCALES if s <= factor(width, height))
+                if scale > 1:  # draft before turning upright: it scales both sides alike
+                    im.draft(None, (max(1, im.width // scale), max(1, im.height // scale)))
+            im.load()
+            image = _to_rgb(_upright(im))
+    except UnidentifiedImageError as exc:
+        raise ValueError(f"cannot decode image: {label} is not a supported image format") from exc
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"image is too large to open safely: {label}") from exc
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"cannot decode image {label}: {exc}") from exc
+    rest = factor(*image.size)
+    return image.reduce(rest) if rest > 1 else image
+
+
+def _orientation(im: Image.Image) -> int:
+    """A photo's EXIF orientation (1, upright, when it has none or it cannot be read)."""
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block: ``_upright`` leaves it as is too
+        return 1

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ml import runtime
 from ml.backbones import BACKBONE_NAMES, get_backbone
 from ml.store import EmbeddingStore
 from ml.tuned.config import TUNED_MARK, base_model_id, is_tuned_id
@@ -53,12 +54,15 @@ class BackboneSettings:
     resnet_weights: str
     model_folder: str | os.PathLike
     tuned: str = "auto"
+    runtime: str = runtime.DEFAULT_RUNTIME
+    threads: int = 0
 
 
 def load_backbone(settings: BackboneSettings, tuned: bool = True) -> Any:
     """The configured embedder: the catalogue-tuned backbone ``settings.tuned`` selects
     (``auto``: the newest one tuned for the configured backbone), else the plain backbone.
     ``tuned=False`` always gives the plain one. Built once per process."""
+    runtime.select(settings.runtime, settings.threads)
     base = get_backbone(
         settings.name,
         input_size=settings.input_size or None,
@@ -125,6 +129,7 @@ def backbone_for(model_id: str, settings: BackboneSettings) -> Any:
     """The embedder whose vectors carry ``model_id``: the configured one, or one rebuilt
     from the id (backbone name, weights, input size, pooling, tuned network); raises
     ``ModelUnavailable`` saying why when this install cannot run it."""
+    runtime.select(settings.runtime, settings.threads)  # a wrong setting fails here, loudly
     try:
         configured = load_backbone(settings)
     except Exception as exc:  # noqa: BLE001 - weights missing etc.: try the id's own backbone

@@ -77,6 +77,11 @@ SETTINGS: list[Setting] = [
             "(`<backbone model id>.ft<digest>`, see `flask model tune`)."),
     Setting("TUNE_EPOCHS", 8, "TUNE_EPOCHS",
             "Epochs of `flask model tune` (and of the tuning the first index build does)."),
+    Setting("INFERENCE_RUNTIME", "onnxruntime", "INFERENCE_RUNTIME",
+            "Where workers run the networks forward: `onnxruntime` (each Keras network exported "
+            "once to ONNX, cached in the model folder, checked against Keras) or `keras`."),
+    Setting("INFERENCE_THREADS", 0, "INFERENCE_THREADS",
+            "Threads per worker process for ONNX Runtime; `0`: one per core."),
     Setting("RESNET50_WEIGHTS", "imagenet", "RESNET50_WEIGHTS",
             "`imagenet` (Keras' download and cache) or the path of a local `.h5` file."),
     Setting("MODEL_FOLDER", None, "MODEL_FOLDER",

@@ -43,6 +43,8 @@ def backbone_settings() -> registry.BackboneSettings:
         resnet_weights=cfg["RESNET50_WEIGHTS"],
         model_folder=cfg["MODEL_FOLDER"],
         tuned=str(cfg["EMBEDDING_TUNED"]),
+        runtime=str(cfg["INFERENCE_RUNTIME"]),
+        threads=int(cfg["INFERENCE_THREADS"]),
     )
 
 

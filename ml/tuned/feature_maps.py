@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ml.preprocess import ImageSource, iter_square_batches
+from ml import runtime
+from ml.preprocess import ImageSource, iter_square_batches, read_ahead
 
 
 class FeatureMaps:
@@ -24,7 +24,6 @@ class FeatureMaps:
         # Shares the backbone's layers: inference only, nothing here is trained.
         self._model = keras.Model(backbone.model.input, backbone.model.get_layer(cut).output)
         self.shape = tuple(int(d) for d in self._model.output.shape[1:])
-        self._lock = threading.Lock()
 
     @property
     def store_id(self) -> str:
@@ -38,13 +37,18 @@ class FeatureMaps:
 
     def compute(self, images: Sequence[ImageSource], batch_size: int = 64) -> np.ndarray:
         """float16 [n, views * h * w * c]: the maps of each photo (and of its mirror image)."""
+        run = runtime.runner(
+            self._model, f"{self.backbone.model_id}-to-{self.cut}", self.backbone.cache_dir
+        )
         parts = []
-        for batch in iter_square_batches(images, self.backbone.input_size, batch_size):
+        batches = iter_square_batches(images, self.backbone.input_size, batch_size)
+        for batch in read_ahead(batches):
             x = self.backbone.prepare(batch)
             views = [x, x[:, :, ::-1]] if self.mirror else [x]
-            with self._lock:
-                out = [np.asarray(self._model.predict_on_batch(v)) for v in views]
-            parts.append(np.stack(out, axis=1).reshape(len(batch), -1).astype(np.float16))
+            out = np.asarray(run(np.concatenate(views))).reshape(
+                len(views), len(batch), *self.shape
+            )
+            parts.append(np.stack(list(out), axis=1).reshape(len(batch), -1).astype(np.float16))
         return np.concatenate(parts, axis=0)
 
     def unflatten(self, rows: np.ndarray) -> np.ndarray:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ml import runtime
 from ml.colour import ColourDescriptor
 from ml.folders import replace_folder
 from ml.heads import Head, HeadSet
@@ -252,17 +252,17 @@ class TunedBackbone:
             raise ValueError(f"tuned weights do not fit the backbone: {sorted(missing)[:5]}")
         for name, arrays in network.top_weights.items():
             layers[name].set_weights(arrays)
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"TunedBackbone({self.model_id!r}, dim={self.dim})"
 
-    def _features(self, model: Any, views: list[np.ndarray]) -> np.ndarray:
+    def _features(self, part: str, views: list[np.ndarray]) -> np.ndarray:
         # One call for both views: a photo search embeds one photo, and a batch of two costs
-        # far less than two calls.
+        # far less than two calls. ``part``: "embed" (photos) or "top" (feature maps).
+        model = self.model if part == "embed" else self.top
+        run = runtime.runner(model, f"{self.model_id}-{part}", self.base.cache_dir)
         n = len(views[0])
-        with self._lock:
-            pooled = np.asarray(model.predict_on_batch(np.concatenate(views)), np.float32)
+        pooled = np.asarray(run(np.concatenate(views)), np.float32)
         return _unit(pooled.reshape(len(views), n, -1).sum(axis=0))
 
     def embed(self, images: Sequence[ImageSource] | np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -290,7 +290,7 @@ class TunedBackbone:
             batch = next(iter_square_batches(chunk, self.input_size, len(chunk)))
             x = self.base.prepare(batch)
             views = [x, x[:, :, ::-1]] if self.config.mirror else [x]
-            features = self._features(self.model, views)
+            features = self._features("embed", views)
             colours = self._colour.describe(coloured[start : start + batch_size])
             parts.append(self.network.fuse(features, colours))
         return np.concatenate(parts, axis=0)
@@ -303,7 +303,7 @@ class TunedBackbone:
         out = []
         for start in range(0, len(maps), batch_size):
             m = np.asarray(maps[start : start + batch_size], np.float32)
-            features = self._features(self.top, [m[:, v] for v in range(m.shape[1])])
+            features = self._features("top", [m[:, v] for v in range(m.shape[1])])
             out.append(self.network.fuse(features, colours[start : start + batch_size]))
         return np.concatenate(out, axis=0) if out else np.empty((0, self.dim), np.float32)
 
