@@ -17,6 +17,7 @@ from webapp import exclusive, registry
 from webapp.catalog.importer import import_catalog
 from webapp.catalog.parsing import CatalogError
 from webapp.extensions import db
+from webapp.inventory.stage_clock import describe
 from webapp.models import Product
 from worker.jobs import indexing
 
@@ -188,7 +189,13 @@ def index_status_command() -> None:
         return
     res = AsyncResult(task_id)
     info = res.info if isinstance(res.info, dict) else {}
-    click.echo(
-        f"Job {task_id}: {res.state} {info.get('stage', '')} "
-        f"{info.get('done', '')}/{info.get('total', '')}"
-    )
+    told = describe(info) if res.state == "PROGRESS" else None
+    if told is None:
+        where = (
+            f" {info['stage']} {info.get('done')}/{info.get('total')}" if "stage" in info else ""
+        )
+        click.echo(f"Job {task_id}: {res.state}{where}")
+        return
+    click.echo(f"Job {task_id}: {res.state} {told['doing']}")
+    click.echo(f"  this stage: {told['stage_left']}")
+    click.echo(f"  whole job: {told['total_left']}; running for {told['elapsed']}")

@@ -13,8 +13,9 @@ Every export is checked against Keras on a probe batch before it is used: a runt
 disagrees (cosine below ``MIN_COSINE`` on any row) raises ``RuntimeMismatch`` instead of
 serving different vectors.
 
-``INFERENCE_RUNTIME`` (``onnxruntime`` or ``keras``) chooses the runtime for the process;
-``INFERENCE_THREADS`` caps ONNX Runtime's threads per process (0: one per core).
+The settings ``INFERENCE_RUNTIME`` (``onnxruntime`` or ``keras``) and ``INFERENCE_THREADS``
+(ONNX Runtime's threads per process, 0: one per core) reach ``select`` through
+``ml.registry.BackboneSettings``.
 """
 
 from __future__ import annotations
@@ -49,10 +50,8 @@ class RuntimeMismatch(RuntimeError):
     """An exported network does not compute what its Keras original computes."""
 
 
-_state = {
-    "runtime": os.environ.get("INFERENCE_RUNTIME", DEFAULT_RUNTIME).strip() or DEFAULT_RUNTIME,
-    "threads": int(os.environ.get("INFERENCE_THREADS", "0") or 0),
-}
+# The process's choice: set from the app's settings (``ml.registry.load_backbone``).
+_state: dict[str, Any] = {"runtime": DEFAULT_RUNTIME, "threads": 0}
 # The newest runners of this process; a tuning run scores a new network every epoch, so the
 # oldest are let go.
 _runners: OrderedDict[tuple[str, str, int], Runner] = OrderedDict()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
-from collections.abc import Callable
 
 from celery import shared_task
 from celery.signals import worker_ready
 
 from webapp import exclusive, registry
+from webapp.inventory import stage_clock
+from webapp.inventory.stage_clock import StageClock
 from webapp.search.services import cleanup_uploads
 from worker import signals  # noqa: F401  (connects the handlers that move index states)
 from worker.jobs import (
@@ -33,29 +33,36 @@ def ping() -> dict[str, object]:
     return {"pong": True, "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _progress(task, stage: str) -> Callable[[int, int], None]:
-    """A progress callback that records PROGRESS state and logs every ~5%."""
-    last = {"t": 0.0, "pct": -5}
+def _stage_clock(task, job: str, plan: tuple[str, ...]) -> StageClock:
+    """Progress callbacks of a catalogue-wide job: each records PROGRESS state (about once a
+    second) with the stage timings the index status turns into a time left."""
 
-    def report(done: int, total: int) -> None:
-        pct = int(100 * done / total) if total else 100
-        now = time.monotonic()
-        if task.request.id and (now - last["t"] > 1 or done == total):
-            task.update_state(state="PROGRESS", meta={"stage": stage, "done": done, "total": total})
-            last["t"] = now
-        if pct >= last["pct"] + 5 or done == total:
-            logger.info("%s: %d/%d (%d%%)", stage, done, total, pct)
-            last["pct"] = pct
+    def record(meta: dict) -> None:
+        if task.request.id:
+            task.update_state(state="PROGRESS", meta=meta)
 
-    return report
+    try:
+        history = stage_clock.load_history(job, plan)
+    except Exception as exc:  # the estimates are worse without it, the job no different
+        logger.warning("no stage history for the time-left estimates: %s", exc)
+        history = {}
+    return StageClock(
+        job,
+        plan,
+        record,
+        history=history,
+        remember=lambda stage, entry: stage_clock.save_history(job, stage, entry),
+    )
 
 
 @shared_task(bind=True, ignore_result=False)
 def ml_index_catalog(self) -> dict[str, object]:
     """Embed what the store lacks, rebuild every neighbour list, then switch pages to them;
     with ``EMBEDDING_TUNED=auto`` and no tuned backbone yet, then tune one and switch again."""
+    clock = _stage_clock(self, "index", indexing.STAGES)
     try:
-        summary = indexing.index_catalog(lambda stage: _progress(self, stage))
+        summary = indexing.index_catalog(clock.progress_for)
+        clock.finish()
     finally:
         exclusive.finished(exclusive.INDEX, self.request.id)
     if tuning.should_tune():
@@ -77,13 +84,15 @@ def ml_tune_catalog(
 ) -> dict[str, object]:
     """Tune the backbone on the catalogue, embed every product with it, build and serve its
     lists (one catalogue-wide job at a time, like the index job)."""
+    clock = _stage_clock(self, "tuning", tuning.STAGES)
     try:
-        return tuning.tune_catalog(
+        summary = tuning.tune_catalog(
             epochs=epochs,
             val_fraction=val_fraction,
             activate=activate,
-            progress_for=lambda stage: _progress(self, stage),
+            progress_for=clock.progress_for,
         )
+        return {**summary, "stage_seconds": clock.finish()}
     finally:
         exclusive.finished(exclusive.INDEX, self.request.id)
 
@@ -91,9 +100,11 @@ def ml_tune_catalog(
 @shared_task(bind=True, ignore_result=False)
 def ml_build_neighbours(self, model_id: str | None = None) -> dict[str, object]:
     """Rebuild every neighbour list of a model (default: the configured backbone's)."""
+    clock = _stage_clock(self, "neighbours", ("neighbours",))
     try:
         model_id = model_id or registry.load_backbone().model_id
-        report = indexing.build_neighbours(model_id, progress=_progress(self, "neighbours"))
+        report = indexing.build_neighbours(model_id, progress=clock.progress_for("neighbours"))
+        clock.finish()
         return {"model": report.model_id, "products": report.products}
     finally:
         exclusive.finished(exclusive.INDEX, self.request.id)
@@ -103,8 +114,11 @@ def ml_build_neighbours(self, model_id: str | None = None) -> dict[str, object]:
 def ml_heal_index(self) -> dict[str, object]:
     """Rebuild the served neighbour lists from the embeddings on disk when Redis lost them
     (nothing when they are whole); sent by pages and by the worker's own check."""
+    clock = _stage_clock(self, "index", indexing.STAGES)
     try:
-        return healing.heal_index(lambda stage: _progress(self, stage))
+        summary = healing.heal_index(clock.progress_for)
+        clock.finish()
+        return summary
     finally:
         exclusive.finished(exclusive.INDEX, self.request.id)
 
@@ -178,8 +192,11 @@ def resume_import_jobs() -> list[int]:
 @shared_task(bind=True, ignore_result=False)
 def hash_product_images(self) -> dict[str, object]:
     """Compute the perceptual hash of every product photo that has none yet."""
+    clock = _stage_clock(self, "hashing", ("hashing",))
     try:
-        return {"hashed": hashing.hash_products(progress=_progress(self, "hashing"))}
+        hashed = hashing.hash_products(progress=clock.progress_for("hashing"))
+        clock.finish()
+        return {"hashed": hashed}
     finally:
         exclusive.finished(exclusive.HASHING, self.request.id)
 

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from webapp import exclusive, healing, registry
 from webapp.extensions import db, get_redis
+from webapp.inventory.stage_clock import describe
 from webapp.models import Product
 from webapp.thresholds import duplicate_threshold, duplicate_threshold_info
 
@@ -135,12 +136,16 @@ def index_status(ping: bool = True) -> dict[str, Any]:
 
 
 def _job_state(task_id: str | None) -> dict[str, Any] | None:
-    """State and progress of a queued or running task."""
+    """State and progress of a queued or running task; ``time_left`` (``describe``'s
+    sentences: the stage, the time left in it and in the whole job) while it reports
+    stage timings."""
     if not task_id:
         return None
     try:
         result = AsyncResult(task_id)
         info = result.info if isinstance(result.info, dict) else {}
-        return {"task_id": task_id, "state": result.state, **info}
+        state = result.state
     except Exception:
         return {"task_id": task_id, "state": "UNKNOWN"}
+    time_left = describe(info) if state == "PROGRESS" else None
+    return {"task_id": task_id, "state": state, **info, "time_left": time_left}

@@ -142,6 +142,8 @@ def build_neighbours(
         raise ValueError(
             f"model {model_id} has {len(ids)} embedded products; embed the catalogue first"
         )
+    if progress:
+        progress(0, len(ids))  # the stage starts here, not when the first block is done
     t0 = time.perf_counter()
     idx, scores = all_neighbours(np.asarray(vectors), k, progress=progress)
     t1 = time.perf_counter()
@@ -172,6 +174,10 @@ def lists_up_to_date(report: EmbedReport) -> bool:
         return False
     meta = neighbour_cache().meta(report.model_id)
     return meta.get("complete") == "1" and meta.get("count") == str(len(store_for(report.model_id)))
+
+
+# The stages ``index_catalog`` reports progress for, in order (the index status's plan).
+STAGES = ("embedding", "neighbours")
 
 
 def index_catalog(

@@ -60,6 +60,9 @@ MIN_PRODUCTS = 20
 # temperatures of its classifiers' confidences.
 VAL_FRACTION = 0.1
 MAP_CHUNK = 512
+# The stages ``tune_catalog`` reports progress for, in order (the index status's plan, from
+# which it estimates the time left).
+STAGES = ("maps", "colours", "training", "embedding", "thresholds", "neighbours")
 # Catalogue photos re-encoded and rescaled to calibrate the duplicate check on.
 DUPLICATE_COPIES = 200
 
@@ -284,6 +287,9 @@ def tune_catalog(
         f"Training the layers above {fm.cut} on {len(train)} products ({len(val)} held back "
         f"to validate), {config.epochs} epochs..."
     )
+    training = progress_for("training")
+    if training:
+        training(0, config.epochs)  # the stage starts now, not when the first epoch ends
     network, report = train_on(
         base,
         config,
@@ -292,7 +298,7 @@ def tune_catalog(
         labels,
         train,
         val_rows=val,
-        progress=progress_for("training"),
+        progress=training,
         say=say,
     )
     say(f"Trained {network.model_id} in {report.seconds:.0f} s.")
@@ -331,6 +337,8 @@ def serve_network(
     embedder = network.backbone(base)
     step = 4096
     embed_progress = progress_for("embedding")
+    if embed_progress:
+        embed_progress(0, len(rows.ids))
     for start in range(0, len(rows.ids), step):
         part = slice(start, start + step)
         store.write_part(
@@ -339,8 +347,12 @@ def serve_network(
         if embed_progress:
             embed_progress(min(start + step, len(rows.ids)), len(rows.ids))
     store.compact()
+    steps = progress_for("thresholds") or (lambda done, total: None)
+    steps(0, 2)
     calibration = _calibrate_compare(model_id, store, rows.ids, labels)
+    steps(1, 2)
     duplicates = _calibrate_duplicates(model_id, embedder)
+    steps(2, 2)
     lists = build_neighbours(model_id, activate=activate, progress=progress_for("neighbours"))
     return {
         "model": model_id,
