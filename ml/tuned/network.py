@@ -230,9 +230,12 @@ class TunedNetwork:
 class TunedBackbone:
     """Photos -> the tuned embedding: ``embed(images) -> float32 [n, dim]``, unit rows."""
 
-    def __init__(self, network: TunedNetwork, base: Any) -> None:
+    def __init__(self, network: TunedNetwork, base: Any, keep_exports: bool = True) -> None:
         self.network = network
         self.base = base
+        # Whether the runtime's exports of this network are cached in the model folder: not
+        # for the networks a training run scores after each epoch and then drops.
+        self._export_dir = base.cache_dir if keep_exports else None
         self.name = base.name
         self.input_size = base.input_size
         self.model_id = network.model_id
@@ -260,7 +263,7 @@ class TunedBackbone:
         # One call for both views: a photo search embeds one photo, and a batch of two costs
         # far less than two calls. ``part``: "embed" (photos) or "top" (feature maps).
         model = self.model if part == "embed" else self.top
-        run = runtime.runner(model, f"{self.model_id}-{part}", self.base.cache_dir)
+        run = runtime.runner(model, f"{self.model_id}-{part}", self._export_dir)
         n = len(views[0])
         pooled = np.asarray(run(np.concatenate(views)), np.float32)
         return _unit(pooled.reshape(len(views), n, -1).sum(axis=0))

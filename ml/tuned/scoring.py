@@ -16,7 +16,7 @@ def raw_probabilities(
 ) -> dict[str, np.ndarray]:
     """Each classifier's own probabilities (as served: mirror-averaged, no temperature) for
     stored maps [n, views, h, w, c]."""
-    vectors = TunedBackbone(network, base).embed_maps(maps, colours)
+    vectors = TunedBackbone(network, base, keep_exports=False).embed_maps(maps, colours)
     raw = TunedNetwork(
         network.top_weights,
         network.classifiers,
