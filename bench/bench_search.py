@@ -214,18 +214,20 @@ def run_backbone(name: str, args, dev_config: dict, lite0_id: str, ids: np.ndarr
         session = requests.Session()
         for _, data, _ in uploads[:3]:  # warm-up: model, matrix and heads load in the worker
             search(session, stack, data)
-        latencies, worker_ms, foreground_ms, first, by_size = [], [], [], 0, {}
+        latencies, worker_ms, foreground_ms, decode_ms, first, by_size = [], [], [], [], 0, {}
         for pid, data, label in uploads[3:]:
             ms, body = search(session, stack, data)
             latencies.append(ms)
             worker_ms.append(body.get("worker_ms") or 0.0)
             foreground_ms.append(body.get("foreground_ms") or 0.0)
+            decode_ms.append(body.get("decode_ms") or 0.0)
             first += bool(body["items"]) and body["items"][0]["id"] == pid
             by_size.setdefault(label.split()[0], []).append(ms)
         figures.update(
             latencies=latencies,
             worker_ms=worker_ms,
             foreground_ms=foreground_ms,
+            decode_ms=decode_ms,
             first=first,
             by_size=by_size,
         )
@@ -322,9 +324,11 @@ def main() -> int:
             )
         )  # fmt: skip
         print(f"{'':<44}   p50 by upload size (ms): {sizes}")
-        fg = f["foreground_ms"]
+        fg, dec = f["foreground_ms"], f["decode_ms"]
         print(
-            f"{'':<44}   of which finding the product in the photo (foreground step): "
+            f"{'':<44}   of which decoding the upload: "
+            f"p50 {percentile(dec, 50):.1f} / p95 {percentile(dec, 95):.1f} ms; "
+            "finding the product in the photo (foreground step): "
             f"p50 {percentile(fg, 50):.1f} / p95 {percentile(fg, 95):.1f} ms"
         )
     if "resnet50" in results:

@@ -106,7 +106,11 @@ class Backbone:
         """Embed images (paths, bytes, PIL images or uint8 [n,h,w,3]) as float32 [n, dim] unit rows."""
         run = self.runner()
         parts = []
-        for batch in read_ahead(iter_square_batches(images, self.input_size, batch_size)):
+        batches = iter_square_batches(images, self.input_size, batch_size)
+        if not hasattr(images, "__len__") or len(images) > batch_size:
+            # decode the next batch meanwhile; one batch (a photo search) needs no thread
+            batches = read_ahead(batches)
+        for batch in batches:
             out = run(self.prepare(batch))
             parts.append(np.asarray(out, dtype=np.float32).reshape(len(batch), -1))
         emb = np.concatenate(parts, axis=0)

@@ -219,11 +219,7 @@ def _main_regions(mask: np.ndarray) -> np.ndarray:
 def crop_relative(image: Image.Image, box: Sequence[float]) -> Image.Image:
     """The part of a photo inside a relative box (x, y, w, h in 0..1), clamped to the photo;
     at least one pixel each way."""
-    if len(box) != 4:
-        raise ValueError(f"a crop box is x, y, w, h; got {box!r}")
-    x, y, bw, bh = (float(v) for v in box)
-    if not all(np.isfinite([x, y, bw, bh])) or bw <= 0 or bh <= 0:
-        raise ValueError(f"a crop box needs a positive width and height; got {box!r}")
+    x, y, bw, bh = _checked(box)
     w, h = image.size
     left = min(max(int(np.floor(x * w)), 0), w - 1)
     top = min(max(int(np.floor(y * h)), 0), h - 1)
@@ -250,16 +246,20 @@ def prepare_query(image: ImageSource, crop: Sequence[float] | None = None) -> Im
 
 
 def prepare_query_and_box(
-    image: ImageSource, crop: Sequence[float] | None = None
+    image: ImageSource, crop: Sequence[float] | None = None, max_side: int | None = None
 ) -> tuple[Image.Image, tuple[float, float, float, float] | None]:
     """``prepare_query``'s image and the product's box it cut around, relative to the whole
     photo (x, y, w, h; None when nothing was cut: a photo on white, or no product standing
-    out): what a results page can draw, worked out once."""
+    out): what a results page can draw, worked out once. ``max_side``: the part searched
+    (inside the crop box) is first shrunk to at most this many pixels on its longer side,
+    the network's input size: every step after works on no more pixels than it needs."""
     photo = load_image(image)
     outer = (0.0, 0.0, 1.0, 1.0)
     if crop is not None:
-        photo = crop_relative(photo, crop)
+        photo = _crop_fitted(photo, crop, max_side)
         outer = _clamped(crop)
+    elif max_side is not None and max(photo.size) > max_side:
+        photo.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     if _on_white(_shrink(photo)):
         return photo, None
     photo = _exposed(photo)
@@ -275,6 +275,35 @@ def prepare_query_and_box(
     product = (ox + x * ow, oy + y * oh, bw * ow, bh * oh)
     cut = crop_relative(rgba, _clamped((x - mx, y - my, bw + 2 * mx, bh + 2 * my)))
     return cut, tuple(round(v, 4) for v in product)
+
+
+def _checked(box: Sequence[float]) -> tuple[float, float, float, float]:
+    """A relative box (x, y, w, h) as floats; ``ValueError`` unless it has a width and height."""
+    if len(box) != 4:
+        raise ValueError(f"a crop box is x, y, w, h; got {box!r}")
+    x, y, bw, bh = (float(v) for v in box)
+    if not all(np.isfinite([x, y, bw, bh])) or bw <= 0 or bh <= 0:
+        raise ValueError(f"a crop box needs a positive width and height; got {box!r}")
+    return x, y, bw, bh
+
+
+def _crop_fitted(photo: Image.Image, box: Sequence[float], max_side: int | None) -> Image.Image:
+    """``crop_relative``, shrunk to at most ``max_side`` pixels on its longer side. Shrinking
+    resamples the box's exact edges (fractions of a pixel), not whole pixels around them: a
+    photo decoded small for speed (``ml.preprocess.load_image_reduced``) still gives the box
+    a full decode would."""
+    x, y, w, h = _clamped(_checked(box))
+    width, height = photo.size
+    longer = max(w * width, h * height)
+    if max_side is None or longer <= max_side or min(w * width, h * height) < 1:
+        cut = crop_relative(photo, box)
+        if max_side is not None and max(cut.size) > max_side:
+            cut.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+        return cut
+    scale = max_side / longer
+    size = (max(1, round(w * width * scale)), max(1, round(h * height * scale)))
+    region = (x * width, y * height, (x + w) * width, (y + h) * height)
+    return photo.resize(size, Image.Resampling.BICUBIC, box=region, reducing_gap=2.0)
 
 
 def _clamped(box: Sequence[float]) -> tuple[float, float, float, float]:

@@ -217,7 +217,7 @@ def test_two_crops_of_one_photo_embed_different_things_and_find_their_products(s
         assert record_of(app, answers[side]["job_id"])["crop"] == [float(v) for v in box.split(",")]
         assert answers[side]["crop"] == [float(v) for v in box.split(",")]
     left, right = (q.image for q in queries)
-    assert left.size == right.size == (32, 43), "read large enough that the half keeps 32 px"
+    assert left.size == right.size == (24, 32), "the half keeps 32 px on its longer side"
     with app.app_context():
         backbone = registry.backbone_for(answers["left"]["model"])
     vectors = backbone.embed([left, right])

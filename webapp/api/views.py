@@ -227,7 +227,10 @@ def request_json(record: dict, waited: bool = False) -> tuple[dict, int]:
             "all_categories": view.all_categories,
             "heads": view.heads,
             "worker_ms": view.elapsed_ms,
+            "decode_ms": view.decode_ms,
             "foreground_ms": view.foreground_ms,
+            "embed_ms": view.embed_ms,
+            "rank_ms": view.rank_ms,
             "results_url": url_for("search.search_detail", request_id=record["id"]),
         }
         return body, unavailable_code if view.result.status == "unavailable" else view.code

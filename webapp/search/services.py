@@ -215,8 +215,12 @@ class SearchView:
     product_box: list[float] | None = None
     # Even the best result is far from the photo (below the close-match cosine).
     no_close_match: bool = False
-    # What finding the product in the photo cost the worker (part of ``elapsed_ms``).
+    # What the worker's steps cost (parts of ``elapsed_ms``): decoding the upload, finding
+    # the product in the photo, embedding it, ranking and choosing from the catalogue.
+    decode_ms: float | None = None
     foreground_ms: float | None = None
+    embed_ms: float | None = None
+    rank_ms: float | None = None
     # Other products showing the same picture as a shown product's card, by its id.
     also: dict[int, list[Product]] = field(default_factory=dict)
 
@@ -289,7 +293,10 @@ def search_view(record: dict[str, Any]) -> SearchView:
         crop=crop,
         product_box=found.get("product_box"),
         no_close_match=bool(found.get("no_close_match")) and bool(items),
+        decode_ms=found.get("decode_ms"),
         foreground_ms=found.get("foreground_ms"),
+        embed_ms=found.get("embed_ms"),
+        rank_ms=found.get("rank_ms"),
         also=listed,
     )
 

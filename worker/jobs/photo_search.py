@@ -15,7 +15,6 @@ apply while choosing and N results come back whenever N eligible products exist.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Collection, Sequence
@@ -25,14 +24,14 @@ from typing import Any
 
 import numpy as np
 from flask import current_app
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from sqlalchemy import select
 
 from ml import foreground, search_levels
 from ml.compare_threshold import cosine_to_score
 from ml.heads import HeadSet
 from ml.labels import OTHER, TYPE_SEPARATOR
-from ml.preprocess import load_image
+from ml.preprocess import load_image_reduced
 from ml.search_levels import Level, Prediction, SearchPolicy
 from webapp import registry
 from webapp.eligibility import Eligibility
@@ -47,8 +46,11 @@ logger = logging.getLogger(__name__)
 
 # Candidate ids per database query.
 ID_CHUNK = 2000
-# A photo with a crop box is decoded this much larger at most, so the box keeps detail.
-MAX_CROP_ZOOM = 4.0
+# An upload is decoded at most this many times the network's input size on its longer side:
+# a crop box an eighth of the photo across still keeps all the detail the network uses (see
+# ``ml.preprocess.REDUCING_GAP``), a smaller one less; a tiny box on a 40-megapixel photo
+# costs no more than a few megapixels' decode.
+MAX_CROP_ZOOM = 16
 MODEL_UNAVAILABLE = "Photo search is unavailable right now: the model could not be loaded."
 
 
@@ -170,32 +172,28 @@ def served_model() -> str:
     return model_id
 
 
-def read_photo(relative: str, size: int) -> Image.Image:
-    """The uploaded photo, upright and RGB, no larger than ``size`` pixels on its longer side.
-
-    A phone photo is decoded at a fraction of its size where JPEG allows it (DCT scaling),
-    then shrunk once to the backbone's input size: decoding and resizing 12 megapixels would
-    cost more than the whole search. Photos already small enough (every catalogue photo)
-    take exactly the path the catalogue's own embeddings took.
-    """
+def open_upload(relative: str, size: int, box: Sequence[float] | None = None) -> Image.Image:
+    """The uploaded photo, upright and RGB, decoded once and no larger than needed: the part
+    inside ``box`` (relative x, y, w, h; None: the whole photo) is about to be resized to
+    ``size`` pixels on its longer side, and keeps enough for that resize to be as good as
+    one from the full photo (``ml.preprocess.load_image_reduced``: a phone photo is decoded
+    at a fraction of its size, never at 12 megapixels; at most ``MAX_CROP_ZOOM`` x ``size``)."""
     path = media_file_path(relative, current_app.config["MEDIA_FOLDER"])
     if path is None:
         raise SearchError("The uploaded photo is no longer available.", 410)
     try:
-        with Image.open(path) as im:
-            if im.format == "JPEG" and max(im.size) > size:
-                im.draft("RGB", (size, size))  # never below the requested size
-            image = load_image(im)
+        return load_image_reduced(path, size, box, max_side=MAX_CROP_ZOOM * size)
     except FileNotFoundError as exc:
         raise SearchError("The uploaded photo is no longer available.", 410) from exc
-    except (
-        OSError,
-        ValueError,
-        SyntaxError,
-        UnidentifiedImageError,
-        Image.DecompressionBombError,
-    ) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise SearchError("The photo could not be read; the file may be damaged.", 422) from exc
+
+
+def read_photo(relative: str, size: int) -> Image.Image:
+    """The uploaded photo, upright and RGB, no larger than ``size`` pixels on its longer side
+    (``open_upload``, then one resize). Photos already small enough (every catalogue photo)
+    take exactly the path the catalogue's own embeddings took."""
+    image = open_upload(relative, size)
     if max(image.size) > size:
         image.thumbnail((size, size), Image.Resampling.BICUBIC)
     return image
@@ -205,30 +203,37 @@ def read_photo(relative: str, size: int) -> Image.Image:
 class QueryPhoto:
     """A shopper's photo as photo search embeds it, and what was done to it: the crop box
     asked for, where the product was found (relative to the whole photo; None when nothing
-    was cut: a photo on white, or no product standing out) and what the step cost."""
+    was cut: a photo on white, or no product standing out) and what the steps cost."""
 
     image: Image.Image
     crop: tuple[float, float, float, float] | None
     product_box: tuple[float, float, float, float] | None
     foreground_ms: float
+    decode_ms: float = 0.0
 
 
 def read_query(relative: str, size: int, crop: Sequence[float] | None = None) -> QueryPhoto:
-    """A shopper's uploaded photo as photo search embeds it: read as ``read_photo`` reads it
-    (decoded larger when a crop box is given, so the box still holds about ``size`` pixels),
-    then ``ml.foreground.prepare_query``: inside the crop box, cut to the product, the
-    background transparent. Catalogue photos (on white, no box) come back as ``read_photo``
-    gives them, so they embed as their stored selves."""
+    """A shopper's uploaded photo as photo search embeds it: decoded once, as small as the
+    crop box allows (``open_upload``: the box keeps enough for ``size`` pixels), then
+    ``ml.foreground.prepare_query_and_box``: inside the crop box, shrunk to ``size``, cut to
+    the product, the background transparent. Catalogue photos (on white, no box) come back
+    as ``read_photo`` gives them, so they embed as their stored selves."""
     box = None if crop is None else tuple(float(v) for v in crop)
-    # Read 1 / min(w, h) times larger, the box's longer side keeps at least ``size`` pixels
-    # whichever way the photo and the box are turned.
-    zoom = 1.0 if box is None else min(MAX_CROP_ZOOM, 1.0 / min(box[2], box[3]))
-    image = read_photo(relative, math.ceil(size * zoom))
+    # Every later step needs at most the network's input size: the foreground step works on
+    # ``foreground.ANALYSIS_SIDE`` pixels, fewer than any served backbone's input.
     started = time.perf_counter()
-    prepared, found = foreground.prepare_query_and_box(image, box)
-    cost_ms = (time.perf_counter() - started) * 1000
+    image = open_upload(relative, size, box)
+    decoded = time.perf_counter()
+    prepared, found = foreground.prepare_query_and_box(image, box, max_side=size)
+    done = time.perf_counter()
     product_box = None if found is None else tuple(round(v, 4) for v in found)
-    return QueryPhoto(prepared, box, product_box, round(cost_ms, 2))
+    return QueryPhoto(
+        prepared,
+        box,
+        product_box,
+        foreground_ms=round((done - decoded) * 1000, 2),
+        decode_ms=round((decoded - started) * 1000, 2),
+    )
 
 
 # -- search ---------------------------------------------------------------------------------
@@ -285,7 +290,9 @@ def search_photo(
     backbone = backbone_for(model_id)
     index = catalogue_index(model_id)
     photo = read_query(relative_path, backbone.input_size, crop)
+    embed_started = time.perf_counter()
     query = backbone.embed([photo.image])[0]
+    rank_started = time.perf_counter()
     if query.shape[0] != index.vectors.shape[1]:
         raise SearchError(f"The embeddings of {model_id} do not match its backbone.", 503)
     heads = heads_for(model_id)
@@ -303,6 +310,7 @@ def search_photo(
     items = [[group[0], round(level_of[group[0]][0], 5), level_of[group[0]][1]] for group in groups]
     closest = max((item[1] for item in items), default=None)
     threshold, threshold_from = search_results.close_match_cosine(model_id)
+    ended = time.perf_counter()
     return {
         "model": model_id,
         "heads": heads.version if heads is not None else None,
@@ -314,14 +322,19 @@ def search_photo(
         "also": {str(group[0]): group[1:] for group in groups if len(group) > 1},
         "crop": None if photo.crop is None else list(photo.crop),
         "product_box": None if photo.product_box is None else list(photo.product_box),
+        # Where the time went: the upload decoded, the product found in it, the photo
+        # embedded, the catalogue ranked and chosen from (all within ``elapsed_ms``).
+        "decode_ms": photo.decode_ms,
         "foreground_ms": photo.foreground_ms,
+        "embed_ms": round((rank_started - embed_started) * 1000, 2),
+        "rank_ms": round((ended - rank_started) * 1000, 2),
         "closest": closest,
         "close_match_cosine": threshold,
         "close_match_from": threshold_from,
         "no_close_match": bool(
             threshold is not None and closest is not None and closest < threshold
         ),
-        "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+        "elapsed_ms": round((ended - started) * 1000, 1),
     }
 
 

@@ -66,11 +66,21 @@ class LeaseKeeper:
 
 def run_search_request(request_id: str) -> str:
     """Run one search or compare request and record its end; returns what this run did
-    (``done`` / ``failed`` when it recorded the end, else why it did nothing)."""
+    (``done`` / ``failed`` when it recorded the end, else why it did nothing).
+
+    The waiting page is woken (``notify_done``) as soon as the end is recorded; releasing
+    the lease, deleting compare photos and the uploads' cleanup come after it."""
     try:
-        services.cleanup_if_due()
-    except Exception:  # noqa: BLE001 - housekeeping must never cost a shopper their search
-        logger.warning("search upload cleanup failed", exc_info=True)
+        return _claim_and_answer(request_id)
+    finally:
+        try:
+            services.cleanup_if_due()
+        except Exception:  # noqa: BLE001 - housekeeping must never cost a shopper their search
+            logger.warning("search upload cleanup failed", exc_info=True)
+
+
+def _claim_and_answer(request_id: str) -> str:
+    """``run_search_request`` without the housekeeping."""
     record = services.get_request(request_id)
     if record is None:
         logger.info("search request %s expired before it ran", request_id)
@@ -102,17 +112,16 @@ def run_search_request(request_id: str) -> str:
             return "superseded"
         services.update_request(request_id, state=state, **changes)
         ended = True
+        services.notify_done(request_id)
         return state
     finally:
         db.session.rollback()
         with contextlib.suppress(LockError):
             lease.release()
-        if ended:
-            if record["kind"] == "compare":
-                # Compare photos are not shown again: they go as soon as they are scored.
-                for path in record["images"]:
-                    services.remove_upload(path)
-            services.notify_done(request_id)
+        if ended and record["kind"] == "compare":
+            # Compare photos are not shown again: they go as soon as they are scored.
+            for path in record["images"]:
+                services.remove_upload(path)
 
 
 def answer(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
