@@ -188,6 +188,8 @@ def run_backbone(entry: str, args, dev_config: dict, lite0_id: str, ids: np.ndar
         "MEDIA_FOLDER": str(work / "media"),
         "LOG_LEVEL": "WARNING",
         "INFERENCE_RUNTIME": runtime_name or "onnxruntime",
+        # One client sends every upload: the per-address limit for shoppers would stop it.
+        "RATELIMIT_UPLOADS": "100000 per minute",
     }
     if name in ("efficientnet_lite0", "tuned"):
         model_id = lite0_id if name == "efficientnet_lite0" else tuned_id(dev_config, lite0_id)
