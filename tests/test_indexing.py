@@ -45,6 +45,24 @@ def test_built_lists_equal_exact_search(catalogue):
             assert list(scores) == sorted(scores, reverse=True)
 
 
+def test_a_build_through_the_graph_serves_the_same_lists_here(catalogue):
+    """NEIGHBOURS_INDEX=ann (a large catalogue's build) gives the exact lists on a catalogue
+    this small, served and complete, with no product its own neighbour."""
+    app, model_id, _ = catalogue
+    app.config["NEIGHBOURS_INDEX"] = "ann"
+    with app.app_context():
+        cache = registry.neighbour_cache()
+        exact = all_lists(cache, model_id, registry.store_for(model_id).ids())
+        report = indexing.build_neighbours(model_id)
+        assert report.products == 30 and cache.meta(model_id)["complete"]
+        rebuilt = all_lists(cache, model_id, registry.store_for(model_id).ids())
+        for product_id, (got, scores) in rebuilt.items():
+            assert product_id not in got.tolist()
+            # The same neighbours with the same scores (near-equal scores may swap places).
+            assert sorted(got.tolist()) == sorted(exact[product_id][0].tolist())
+            assert np.allclose(scores, exact[product_id][1], atol=1e-5)
+
+
 def test_add_and_delete_update_only_affected_lists(catalogue):
     app, model_id, media = catalogue
     with app.app_context():
@@ -147,10 +165,10 @@ def test_updates_during_a_full_build_are_not_undone(catalogue, monkeypatch):
     near = np.asarray(Image.open(media / "p0.jpg")).astype(int)
     near[:5] = 255
     Image.fromarray(near.astype(np.uint8)).save(media / "new.jpg", "JPEG")
-    real = indexing.all_neighbours
+    real = indexing.neighbour_lists
 
-    def with_updates_meanwhile(vectors, k, **kwargs):
-        result = real(vectors, k, **kwargs)
+    def with_updates_meanwhile(vectors, k, kind, **kwargs):
+        result = real(vectors, k, kind, **kwargs)
         add_product(id=2000, name="Saved during the build", image_path="new.jpg")
         assert indexing.update_product(2000).action == "embedded"
         db.session.delete(db.session.get(Product, 1005))
@@ -159,7 +177,7 @@ def test_updates_during_a_full_build_are_not_undone(catalogue, monkeypatch):
         return result
 
     with app.app_context():
-        monkeypatch.setattr(indexing, "all_neighbours", with_updates_meanwhile)
+        monkeypatch.setattr(indexing, "neighbour_lists", with_updates_meanwhile)
         report = indexing.build_neighbours(model_id)
         assert report.products == 30  # the snapshot it computed from
         cache = registry.neighbour_cache()

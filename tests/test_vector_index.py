@@ -272,3 +272,30 @@ def test_sq8_needs_a_real_first_add(data):
     ids, vectors, _ = data
     with pytest.raises(ValueError, match="at least 1000 rows"):
         build("ann", ids[:10], vectors[:10], storage="sq8")
+
+
+def test_neighbour_lists_through_the_graph_match_exact_lists():
+    from ml.neighbours import all_neighbours
+    from ml.vector_index import neighbour_lists
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((40, 32))
+    vectors = centres[rng.integers(0, 40, 3000)] + 0.35 * rng.standard_normal((3000, 32))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    exact_idx, exact_scores = all_neighbours(vectors, 10)
+    seen = []
+    idx, scores = neighbour_lists(
+        vectors, 10, "ann", block=700, progress=lambda d, n: seen.append(d)
+    )
+    assert idx.shape == exact_idx.shape == (3000, 10) and idx.dtype == np.int32
+    assert seen[-1] == 3000
+    assert not (idx == np.arange(3000)[:, None]).any()  # never its own neighbour
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx, exact_idx, strict=True)])
+    assert recall >= 0.95
+    # The exact kind is the all-pairs build itself; auto is exact at this size.
+    for kind in ("exact", "auto"):
+        same_idx, same_scores = neighbour_lists(vectors, 10, kind)
+        assert np.array_equal(same_idx, exact_idx) and np.array_equal(same_scores, exact_scores)
+    with pytest.raises(ValueError, match="index kind"):
+        neighbour_lists(vectors, 10, "lsh")

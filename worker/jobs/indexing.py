@@ -27,7 +27,7 @@ import numpy as np
 from flask import current_app
 from sqlalchemy import select
 
-from ml.neighbours import all_neighbours
+from ml.vector_index import neighbour_lists
 from webapp.extensions import db
 from webapp.media import image_file
 from webapp.models import Product
@@ -133,7 +133,8 @@ class NeighbourReport:
 def build_neighbours(
     model_id: str, *, k: int | None = None, activate: bool = True, progress: Progress | None = None
 ) -> NeighbourReport:
-    """Exact top-K lists for every embedded product, written under the model id, then served."""
+    """Top-K lists for every embedded product (exact, or through the vector index for a large
+    catalogue: ``NEIGHBOURS_INDEX``), written under the model id, then served."""
     k = k or current_app.config["NEIGHBOURS_K"]
     cache = neighbour_cache()
     store = store_for(model_id)
@@ -145,7 +146,8 @@ def build_neighbours(
     if progress:
         progress(0, len(ids))  # the stage starts here, not when the first block is done
     t0 = time.perf_counter()
-    idx, scores = all_neighbours(np.asarray(vectors), k, progress=progress)
+    kind = current_app.config["NEIGHBOURS_INDEX"]
+    idx, scores = neighbour_lists(np.asarray(vectors), k, kind, progress=progress)
     t1 = time.perf_counter()
     with cache.writing(model_id) as renew:  # no incremental update writes meanwhile
         old_ids, old_kth = cache.read_index(model_id)
@@ -159,9 +161,10 @@ def build_neighbours(
     if activate:
         cache.activate(model_id)
     logger.info(
-        "neighbour lists for %s: %d products, compute %.1fs, write %.1fs",
+        "neighbour lists for %s: %d products (index %s), compute %.1fs, write %.1fs",
         model_id,
         len(ids),
+        kind,
         t1 - t0,
         t2 - t1,
     )
