@@ -18,17 +18,19 @@ Within a level the best-scored rows come first (ties by row number). Only rows t
 may be shown count (``Candidates``: active, in stock, preferences in the shop), so
 preferences apply while choosing and n rows come back whenever n eligible rows exist.
 
-Scoring the whole catalogue is one matrix-vector product; asking which candidates are
-eligible may not be cheap (a database query), so a level first checks a window of the best
-scores and widens it, and only past ``DIRECT_LIMIT`` asks for all of a level's eligible rows.
-Both ways choose the same rows.
+The scores are an array (one cosine per catalogue row: the evaluation) or anything that
+answers the same questions (``Scores``: the live search asks a vector index, a level's
+eligible rows passed as the search's allowed set). Asking which candidates are eligible may
+not be cheap (a database query), so a level first checks a window of the best scores and
+widens it, and only past ``DIRECT_LIMIT`` asks for all of a level's eligible rows and takes
+the best of those. Both ways choose the same rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -125,6 +127,44 @@ class Candidates(Protocol):
         """Every row that may be shown at ``level``, ascending."""
 
 
+@runtime_checkable
+class Scores(Protocol):
+    """One photo's cosine to each catalogue row, as the plan asks for it."""
+
+    def __len__(self) -> int:
+        """How many catalogue rows there are."""
+
+    def top(self, window: int) -> np.ndarray:
+        """The ``window`` best-scored rows, best first, ties by row number."""
+
+    def best(self, rows: np.ndarray, need: int) -> np.ndarray:
+        """The ``need`` best-scored of ``rows`` (distinct rows), best first."""
+
+    def of(self, rows: np.ndarray) -> np.ndarray:
+        """The cosine of rows ``top`` or ``best`` returned."""
+
+
+class ArrayScores:
+    """``Scores`` from an array holding every row's cosine."""
+
+    def __init__(self, scores: np.ndarray) -> None:
+        self.scores = np.asarray(scores)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def top(self, window: int) -> np.ndarray:
+        if window == 1 and len(self.scores):  # argmax: the first of the highest, and quicker
+            return np.asarray([np.argmax(self.scores)], np.int64)
+        return _top(self.scores, window)
+
+    def best(self, rows: np.ndarray, need: int) -> np.ndarray:
+        return rows[top_k_rows(self.scores[rows][None, :], need)[0][0]]
+
+    def of(self, rows: np.ndarray) -> np.ndarray:
+        return self.scores[rows]
+
+
 @dataclass(frozen=True)
 class Ranking:
     """The rows chosen for one photo, best first within each level."""
@@ -136,7 +176,7 @@ class Ranking:
 
 
 def rank(
-    scores: np.ndarray,
+    scores: np.ndarray | Scores,
     prediction: Prediction,
     candidates: Candidates,
     n: int,
@@ -146,11 +186,13 @@ def rank(
     first_window: int = FIRST_WINDOW,
     direct_limit: int = DIRECT_LIMIT,
 ) -> Ranking:
-    """Photo search's top ``n`` rows for one photo's ``scores`` (cosine per catalogue row).
+    """Photo search's top ``n`` rows for one photo's ``scores`` (cosine per catalogue row,
+    or ``Scores``).
 
     ``direct_limit=0`` reads each level's members at once (cheap when they are in memory).
     """
-    scores = np.asarray(scores)
+    if not isinstance(scores, Scores):
+        scores = ArrayScores(scores)
     plan = plan_levels(prediction, policy, all_categories)
     taken = np.zeros(len(scores), bool)
     rows: list[int] = []
@@ -167,9 +209,10 @@ def rank(
     # The same picture (a catalogue photo, re-encoded or resized) is the best answer there is.
     # Compared in float64: a float32 comparison would round the threshold first.
     same_need = min(n, policy.same_photo_max)
-    if same_need > 0 and len(scores) and float(scores.max()) >= policy.same_photo_cosine:
+    highest = float(scores.of(scores.top(1))[0]) if len(scores) else -np.inf
+    if same_need > 0 and highest >= policy.same_photo_cosine:
         found = best(PHOTO, same_need)
-        take(PHOTO.name, found[scores[found].astype(np.float64) >= policy.same_photo_cosine])
+        take(PHOTO.name, found[scores.of(found).astype(np.float64) >= policy.same_photo_cosine])
     searched = plan[0].name
     for level in plan:
         need = n - len(rows)
@@ -181,7 +224,7 @@ def rank(
 
 
 def _best(
-    scores: np.ndarray,
+    scores: Scores,
     level: Level,
     candidates: Candidates,
     need: int,
@@ -196,7 +239,7 @@ def _best(
     total = len(scores)
     window = min(total, max(first_window, 4 * need + n_taken))
     while direct_limit > 0 and (window < direct_limit or window >= total):
-        order = _top(scores, window)
+        order = scores.top(window)
         order = order[~taken[order]]
         found = order[candidates.allowed(level, order)][:need]
         if len(found) == need or window >= total:
@@ -205,7 +248,7 @@ def _best(
     # A sparse level (or members in memory): all its allowed rows at once, then rank those.
     members = candidates.members(level)
     members = members[~taken[members]]
-    return members[top_k_rows(scores[members][None, :], need)[0][0]]
+    return scores.best(members, need)
 
 
 def _top(scores: np.ndarray, window: int) -> np.ndarray:
