@@ -69,14 +69,13 @@ def run_search_request(request_id: str) -> str:
     (``done`` / ``failed`` when it recorded the end, else why it did nothing).
 
     The waiting page is woken (``notify_done``) as soon as the end is recorded; releasing
-    the lease, deleting compare photos and the uploads' cleanup come after it."""
+    the lease and deleting compare photos come after it. The uploads' cleanup (when due,
+    rarely) runs first, so the run ends right after its answer is recorded."""
     try:
-        return _claim_and_answer(request_id)
-    finally:
-        try:
-            services.cleanup_if_due()
-        except Exception:  # noqa: BLE001 - housekeeping must never cost a shopper their search
-            logger.warning("search upload cleanup failed", exc_info=True)
+        services.cleanup_if_due()
+    except Exception:  # noqa: BLE001 - housekeeping must never cost a shopper their search
+        logger.warning("search upload cleanup failed", exc_info=True)
+    return _claim_and_answer(request_id)
 
 
 def _claim_and_answer(request_id: str) -> str:
