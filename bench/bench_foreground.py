@@ -26,23 +26,13 @@ sys.path.insert(0, str(REPO_ROOT))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ml.foreground import estimate, prepare_query  # noqa: E402
+from ml.foreground import box_iou, estimate, prepare_query  # noqa: E402
 from ml.preprocess import load_image  # noqa: E402
 from ml.provenance import git_commit, machine  # noqa: E402
 from ml.wild import make_wild  # noqa: E402
 
 DEFAULT_CATALOG = REPO_ROOT.parent / "shared" / "data" / "fashion-small"
 WHOLE = (0.0, 0.0, 1.0, 1.0)
-
-
-def iou(a: tuple, b: tuple) -> float:
-    """Intersection over union of two relative boxes (x, y, w, h)."""
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    return inter / max(aw * ah + bw * bh - inter, 1e-12)
 
 
 def made_photos(catalog: Path, n: int) -> list[tuple[bytes, tuple, str]]:
@@ -113,8 +103,8 @@ def main() -> None:
         step.append(t1 - t0)
         whole.append(t2 - t1)
         found += result.found
-        ours.append(iou(result.box, box))
-        trivial.append(iou(WHOLE, box))
+        ours.append(box_iou(result.box, box))
+        trivial.append(box_iou(WHOLE, box))
         kinds.setdefault(kind, []).append(ours[-1])
     ours_a, trivial_a = np.asarray(ours), np.asarray(trivial)
     print(

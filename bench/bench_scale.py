@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -46,6 +45,7 @@ for path in (ROOT, ROOT / "bench"):
 
 from make_large_catalogue import make_catalogue  # noqa: E402
 
+from ml import provenance  # noqa: E402
 from ml.neighbours import top_k_rows  # noqa: E402
 
 EXACT_MEASURED_MAX = 60_000
@@ -155,15 +155,9 @@ def recall(
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()}: {model}, {os.cpu_count()} cores, {platform.python_version()}"
+    """One line about the computer, from the provenance every evaluation records."""
+    about = provenance.machine()
+    return f"{about['host']}: {about['cpu']}, {about['cores']} cores, Python {about['python']}"
 
 
 def main() -> None:

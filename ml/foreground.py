@@ -216,6 +216,16 @@ def _main_regions(mask: np.ndarray) -> np.ndarray:
 # -- what photo search embeds -------------------------------------------------------------------
 
 
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two boxes (x, y, w, h), in any one unit."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    return inter / max(aw * ah + bw * bh - inter, 1e-12)
+
+
 def crop_relative(image: Image.Image, box: Sequence[float]) -> Image.Image:
     """The part of a photo inside a relative box (x, y, w, h in 0..1), clamped to the photo;
     at least one pixel each way."""

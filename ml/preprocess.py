@@ -8,6 +8,7 @@ and keeping the aspect ratio keeps long items (jeans, watches) recognisable.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -94,11 +95,11 @@ def _from_array(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
-def _open_and_convert(fh: io.IOBase, label: str) -> Image.Image:
+@contextlib.contextmanager
+def _decoding(label: str) -> Iterator[None]:
+    """Pillow's errors while opening or decoding ``label``, as one clear ValueError each."""
     try:
-        with Image.open(fh) as im:
-            im.load()
-            return _to_rgb(_upright(im))
+        yield
     except UnidentifiedImageError as exc:
         raise ValueError(f"cannot decode image: {label} is not a supported image format") from exc
     except Image.DecompressionBombError as exc:
@@ -106,6 +107,12 @@ def _open_and_convert(fh: io.IOBase, label: str) -> Image.Image:
     except (OSError, SyntaxError) as exc:
         # Pillow reports truncated or malformed files as OSError/SyntaxError.
         raise ValueError(f"cannot decode image {label}: {exc}") from exc
+
+
+def _open_and_convert(fh: io.IOBase, label: str) -> Image.Image:
+    with _decoding(label), Image.open(fh) as im:
+        im.load()
+        return _to_rgb(_upright(im))
 
 
 def _upright(im: Image.Image) -> Image.Image:
@@ -257,24 +264,17 @@ def load_image_reduced(
             found = max(found, -(-max(width, height) // max_side))
         return max(1, min(found, width, height))
 
-    try:
-        with fh, Image.open(fh) as im:
-            if im.format in ("JPEG", "MPO"):
-                # Decide from the header, before any pixel is decoded; the box is upright.
-                width, height = im.size
-                if _orientation(im) in _QUARTER_TURNS:
-                    width, height = height, width
-                scale = next(s for s in _DCT_SCALES if s <= factor(width, height))
-                if scale > 1:  # draft before turning upright: it scales both sides alike
-                    im.draft(None, (max(1, im.width // scale), max(1, im.height // scale)))
-            im.load()
-            image = _to_rgb(_upright(im))
-    except UnidentifiedImageError as exc:
-        raise ValueError(f"cannot decode image: {label} is not a supported image format") from exc
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"image is too large to open safely: {label}") from exc
-    except (OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot decode image {label}: {exc}") from exc
+    with _decoding(label), fh, Image.open(fh) as im:
+        if im.format in ("JPEG", "MPO"):
+            # Decide from the header, before any pixel is decoded; the box is upright.
+            width, height = im.size
+            if _orientation(im) in _QUARTER_TURNS:
+                width, height = height, width
+            scale = next(s for s in _DCT_SCALES if s <= factor(width, height))
+            if scale > 1:  # draft before turning upright: it scales both sides alike
+                im.draft(None, (max(1, im.width // scale), max(1, im.height // scale)))
+        im.load()
+        image = _to_rgb(_upright(im))
     rest = factor(*image.size)
     return image.reduce(rest) if rest > 1 else image
 

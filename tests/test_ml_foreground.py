@@ -9,16 +9,9 @@ from PIL import Image
 from ml import foreground, wild
 from ml.backbones import get_backbone
 from ml.colour import ColourDescriptor
+from ml.foreground import box_iou
 
 SIZE = (120, 160)  # width, height: what photo search reads an upload at, about
-
-
-def iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    return ix * iy / (aw * ah + bw * bh - ix * iy)
 
 
 def pasted(kind: str, seed: int, colour=(200, 40, 40)) -> tuple[Image.Image, tuple]:
@@ -53,7 +46,7 @@ def test_the_box_finds_a_product_on_a_coloured_or_textured_background(kind, colo
     for seed in range(3):
         photo, truth = pasted(kind, seed, colour)
         found = foreground.estimate(photo)
-        scores.append(iou(found.box, truth))
+        scores.append(box_iou(found.box, truth))
     assert min(scores) > 0.7, scores
 
 
@@ -61,7 +54,7 @@ def test_a_studio_photo_on_white_gives_the_product_box():
     arr = np.full((80, 60, 3), 255, np.uint8)
     arr[20:70, 10:40] = (30, 60, 200)
     found = foreground.estimate(Image.fromarray(arr))
-    assert found.found and iou(found.box, (10 / 60, 20 / 80, 30 / 60, 50 / 80)) > 0.8
+    assert found.found and box_iou(found.box, (10 / 60, 20 / 80, 30 / 60, 50 / 80)) > 0.8
 
 
 def test_a_photo_of_nothing_is_kept_whole():
@@ -141,12 +134,12 @@ def test_a_photo_on_white_is_embedded_as_it_is():
 def test_the_product_box_is_relative_to_the_whole_photo():
     photo, truth = pasted("noise", 2)
     _, box = foreground.prepare_query_and_box(photo)
-    assert iou(box, truth) > 0.7
+    assert box_iou(box, truth) > 0.7
     # Inside a crop box of the right half, the box is still in whole-photo units.
     arr = np.full((160, 240, 3), (90, 120, 90), np.uint8)
     arr[30:140, 140:220] = (30, 60, 200)
     _, inside = foreground.prepare_query_and_box(Image.fromarray(arr), crop=(0.5, 0, 0.5, 1))
-    assert iou(inside, (140 / 240, 30 / 160, 80 / 240, 110 / 160)) > 0.8
+    assert box_iou(inside, (140 / 240, 30 / 160, 80 / 240, 110 / 160)) > 0.8
     # Nothing cut, no box: a photo of nothing, a photo on white.
     assert foreground.prepare_query_and_box(Image.new("RGB", SIZE, (120, 100, 80)))[1] is None
     assert foreground.prepare_query_and_box(Image.new("RGB", SIZE, (255, 255, 255)))[1] is None

@@ -21,6 +21,7 @@ from PIL import Image
 
 from ml import thresholds
 from ml.colour import ColourDescriptor
+from ml.foreground import box_iou
 from ml.preprocess import load_image
 from tests.conftest import TEST_REDIS_URL, _make_app, add_product
 from tests.test_search import (
@@ -161,14 +162,6 @@ def job_id(location: str) -> str:
     return location.rsplit("/", 1)[1]
 
 
-def iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    w = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    h = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    return w * h / (aw * ah + bw * bh - w * h)
-
-
 # -- the crop box: its rule --------------------------------------------------------------------
 
 
@@ -235,7 +228,7 @@ def test_a_shoppers_photo_is_cut_to_the_product_found(shop, web, queries):
     body = api_search(web, photo, wait="1").get_json()
     assert body["status"] == "ok"
     found = body["product_box"]
-    assert found is not None and iou(found, pasted) > 0.5, (found, pasted)
+    assert found is not None and box_iou(found, pasted) > 0.5, (found, pasted)
     prepared = queries[-1].image
     assert prepared.mode == "RGBA", "the background outside the product is transparent"
     assert np.asarray(prepared)[..., 3].min() < 128
@@ -252,7 +245,7 @@ def test_a_crop_on_a_shoppers_photo_finds_the_product_inside_it(shop, web):
     body = api_search(web, photo, crop="0.5,0.4,0.5,0.6", wait="1").get_json()
     x, y, w, h = body["product_box"]
     assert x >= 0.5 and y >= 0.4 and x + w <= 1.0001 and y + h <= 1.0001
-    assert iou(body["product_box"], pasted) > 0.5
+    assert box_iou(body["product_box"], pasted) > 0.5
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import redis
 from PIL import Image
 
 from ml import foreground, wild
+from ml.foreground import box_iou
 from ml.preprocess import load_image, load_image_reduced
 from tests.conftest import TEST_REDIS_URL, _make_app
 from tests.test_search import (
@@ -61,14 +62,6 @@ def mean_difference(a: Image.Image, b: Image.Image, size: tuple[int, int]) -> fl
 def ranked(result: dict) -> list[int]:
     """Product ids of a worker's search result, best first."""
     return [item[0] for item in result["items"]]
-
-
-def iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    return ix * iy / (aw * ah + bw * bh - ix * iy)
 
 
 # -- ml.preprocess.load_image_reduced -------------------------------------------------------
@@ -260,7 +253,7 @@ def test_reduced_decoding_searches_as_a_full_decode_does(shop, monkeypatch, pid,
     if on_floor and crop is None:
         assert reduced.product_box is not None  # the foreground step did cut the product out
     if reduced.product_box is not None:
-        assert iou(reduced.product_box, full.product_box) > 0.9
+        assert box_iou(reduced.product_box, full.product_box) > 0.9
     assert max(reduced.image.size) <= SIZE
     # The cut around the product may differ by a pixel or two (its mask is worked out again).
     assert all(abs(a - b) <= 3 for a, b in zip(reduced.image.size, full.image.size, strict=True))
