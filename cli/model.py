@@ -12,10 +12,11 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from cli.progress import CliProgress
-from cli.reports import TUNE_STAGES, format_result, format_tune_summary
+from cli.reports import format_result, format_tune_summary
 from ml.backbones import resnet50_weights_status
 from ml.evaluation import REFERENCE_MIN_TYPE_COUNT
 from webapp import exclusive
+from webapp.inventory.stage_clock import STAGE_LABELS, UNITS
 from worker.jobs import evaluation, training, tuning
 from worker.jobs.evaluation.feed import FeedOptions, format_feed_result, run_feed
 from worker.jobs.evaluation.options import WILD_GENERATED
@@ -61,8 +62,7 @@ def tune_command(now: bool, epochs: int | None, val_fraction: float, no_activate
             val_fraction=val_fraction,
             activate=not no_activate,
             progress_for=lambda stage: CliProgress(
-                TUNE_STAGES.get(stage, stage.capitalize()),
-                "epochs" if stage == "training" else "products",
+                STAGE_LABELS.get(stage, stage).capitalize(), UNITS.get(stage, "products")
             ),
             say=lambda line: click.echo(line, err=True),
         )

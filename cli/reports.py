@@ -7,16 +7,8 @@ from typing import Any
 from ml.evaluation import FEATURES, REFERENCE_NAME, REFERENCE_TABLE
 from ml.metrics import TOLERANCES, tolerance_key
 
+
 # What each stage of tuning is called on the terminal.
-TUNE_STAGES = {
-    "maps": "Feature maps",
-    "colours": "Colour descriptors",
-    "training": "Training",
-    "embedding": "Tuned embeddings",
-    "neighbours": "Neighbour lists",
-}
-
-
 def format_tune_summary(summary: dict) -> str:
     """What a tuning run did, for the terminal."""
     lines = [
