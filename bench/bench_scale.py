@@ -183,13 +183,12 @@ def main() -> None:
     import redis
 
     from ml.cache import NeighbourCache
-    from ml.provenance import git_commit
     from ml.store import EmbeddingStore
 
     load_start = os.getloadavg()
     print(f"machine: {machine()}")
     print(
-        f"commit: {git_commit()}   load average at start: "
+        f"commit: {provenance.git_commit()}   load average at start: "
         + " ".join(f"{x:.2f}" for x in load_start)
     )
 

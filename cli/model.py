@@ -64,7 +64,7 @@ def tune_command(now: bool, epochs: int | None, val_fraction: float, no_activate
             progress_for=lambda stage: CliProgress(
                 STAGE_LABELS.get(stage, stage).capitalize(), UNITS.get(stage, "products")
             ),
-            say=lambda line: click.echo(line, err=True),
+            say=_note,
         )
         click.echo(format_tune_summary(summary))
         return
@@ -221,15 +221,12 @@ def evaluate_command(
             retrain=retrain,
             wild=wild,
         )
-        result = evaluation.run(opts, say=lambda line: click.echo(line, err=True))
+        result = evaluation.run(opts, say=_note)
     except evaluation.EvaluationError as exc:
         raise click.ClickException(str(exc)) from exc
     for line in format_result(result) + format_wild_result(result):
         click.echo(line)
-    if not no_save or json_out:
-        path = evaluation.save_result(result, json_out, store=not no_save)
-        also = f" and {json_out}" if json_out and str(path) != json_out else ""
-        click.echo(f"Saved to {path}{also}.")
+    _save(result, json_out, no_save)
 
 
 @model_cli.command("evaluate-feed")
@@ -258,10 +255,7 @@ def evaluate_feed_command(
         raise click.ClickException(str(exc)) from exc
     for line in format_feed_result(result):
         click.echo(line)
-    if not no_save or json_out:
-        path = evaluation.save_result(result, json_out, store=not no_save)
-        also = f" and {json_out}" if json_out and str(path) != json_out else ""
-        click.echo(f"Saved to {path}{also}.")
+    _save(result, json_out, no_save)
 
 
 @model_cli.command("train")
@@ -346,6 +340,15 @@ def calibrate_command(
 def _note(line: str) -> None:
     """Progress and warnings go to stderr, results to stdout."""
     click.echo(line, err=True)
+
+
+def _save(result: dict, json_out: str | None, no_save: bool) -> None:
+    """Store a measure as the latest of its kind (unless ``no_save``) and/or write it to
+    ``json_out``, and say where it went."""
+    if not no_save or json_out:
+        path = evaluation.save_result(result, json_out, store=not no_save)
+        also = f" and {json_out}" if json_out and str(path) != json_out else ""
+        click.echo(f"Saved to {path}{also}.")
 
 
 def write_setting(path: str, name: str, value: str | int) -> None:

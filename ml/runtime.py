@@ -20,7 +20,9 @@ The settings ``INFERENCE_RUNTIME`` (``onnxruntime`` or ``keras``) and ``INFERENC
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata as md
 import logging
 import os
 import tempfile
@@ -220,10 +222,9 @@ def _check_agreement(ours: np.ndarray, theirs: np.ndarray, key: str) -> None:
         )
 
 
+@functools.cache
 def _tool_tag() -> str:
     """Eight hex digits over the versions that shape an export."""
-    import importlib.metadata as md
-
     parts = []
     for package in ("keras", "tensorflow-cpu", "tf2onnx", "onnx"):
         try:

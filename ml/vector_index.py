@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ml.neighbours import top_k_rows
+from ml.neighbours import all_neighbours, top_k_rows
 
 ANN_MIN_ROWS = 50_000
 KINDS = ("auto", "exact", "ann")
@@ -484,8 +484,6 @@ def neighbour_lists(
     them (row positions int32 [n, k'] and scores float32, k' = min(k, n - 1), best first, a
     row never its own neighbour): exactly below ``ANN_MIN_ROWS`` rows (or ``kind="exact"``),
     through the HNSW graph from there on (or ``kind="ann"``)."""
-    from ml.neighbours import all_neighbours
-
     if kind not in KINDS:
         raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
     vectors = np.ascontiguousarray(vectors, np.float32)

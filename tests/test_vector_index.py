@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from ml import vector_index
+from ml.neighbours import all_neighbours
 from ml.vector_index import (
     ANN_MIN_ROWS,
     ExactIndex,
     HnswIndex,
     VectorIndex,
     make_index,
+    neighbour_lists,
 )
 
 DIM = 32
@@ -275,9 +277,6 @@ def test_sq8_needs_a_real_first_add(data):
 
 
 def test_neighbour_lists_through_the_graph_match_exact_lists():
-    from ml.neighbours import all_neighbours
-    from ml.vector_index import neighbour_lists
-
     rng = np.random.default_rng(3)
     centres = rng.standard_normal((40, 32))
     vectors = centres[rng.integers(0, 40, 3000)] + 0.35 * rng.standard_normal((3000, 32))
