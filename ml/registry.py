@@ -31,6 +31,7 @@ __all__ = [
     "backbone_for",
     "base_model_id",
     "image_key",
+    "index_folder",
     "is_tuned_id",
     "load_backbone",
     "network_folder",
@@ -87,6 +88,11 @@ def load_backbone(settings: BackboneSettings, tuned: bool = True) -> Any:
 def store_for(model_folder: str | os.PathLike, model_id: str) -> EmbeddingStore:
     """The embedding store of a model id under ``model_folder``."""
     return EmbeddingStore(model_folder, model_id)
+
+
+def index_folder(model_folder: str | os.PathLike, model_id: str) -> Path:
+    """Where a model's saved vector index lives: ``<model folder>/<model id>/index``."""
+    return store_for(model_folder, model_id).path / "index"
 
 
 def network_folder(model_folder: str | os.PathLike, model_id: str) -> Path:

@@ -45,6 +45,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from ml.store_view import StoreView, read_deltas
+
 MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,120}$")
 PART_RE = re.compile(r"^[0-9]+$")
 PARTS_LOCK = ".parts.lock"
@@ -98,6 +100,7 @@ class EmbeddingStore:
         self.dtype = np.dtype(dtype)
         self.path = Path(root) / model_id
         self._cache: tuple[tuple, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._view: tuple[tuple, StoreView] | None = None
 
     @contextmanager
     def _locked(self, name: str) -> Iterator[None]:
@@ -182,13 +185,24 @@ class EmbeddingStore:
     def _read(self, state: dict, parts: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The base of ``state`` with ``parts`` applied in order."""
         ids, vectors, keys = self._load_base(state)
-        deltas = []
-        for part in parts:
-            with np.load(part) as data:
-                deltas.append({k: data[k] for k in ("ids", "vectors", "keys", "deleted")})
+        deltas = read_deltas(parts)
         if deltas:
             ids, vectors, keys = _apply(ids, vectors, keys, deltas)
         return ids, vectors, keys
+
+    def view(self) -> StoreView:
+        """The current rows without copying the vectors (see ``ml.store_view``); cached until
+        the store changes."""
+        cached = self._view
+
+        def read(state: dict, parts: list[Path]) -> tuple:
+            signature = self._signature(parts)
+            if cached is not None and cached[0] == signature:
+                return cached
+            return signature, StoreView(self._load_base(state), read_deltas(parts))
+
+        self._view = self._consistent(read)
+        return self._view[1]
 
     def keys_by_id(self) -> dict[int, str]:
         """{product id: key} for deciding what needs embedding again."""
@@ -259,13 +273,21 @@ class EmbeddingStore:
         return _positions(self.ids(), product_ids)
 
     def get(self, product_ids: Iterable[int]) -> np.ndarray:
-        """Vectors of the given ids (KeyError naming the first one missing)."""
-        wanted = list(product_ids)
-        ids, vectors = self.load()  # one view: rows and positions agree
-        pos = _positions(ids, wanted)
-        if (pos < 0).any():
-            raise KeyError(int(wanted[int(np.flatnonzero(pos < 0)[0])]))
-        return np.asarray(vectors[pos], dtype=np.float32)
+        """Vectors of the given ids (KeyError naming the first one missing); read row by row,
+        the store is never copied whole for it."""
+        return self.view().vectors(product_ids)
+
+    def keys_of(self, product_ids: Iterable[int]) -> dict[int, str]:
+        """{product id: key} of the given ids that are stored (cheap for a few ids of a
+        large catalogue, where ``keys_by_id`` reads them all)."""
+        view = self.view()
+        wanted = np.asarray(list(product_ids), np.int64)
+        pos = _positions(view.ids, wanted)
+        return {
+            int(pid): view.keys[p].decode()
+            for pid, p in zip(wanted.tolist(), pos.tolist(), strict=True)
+            if p >= 0
+        }
 
     # -- writing -------------------------------------------------------------------------
 
