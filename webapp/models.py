@@ -76,11 +76,24 @@ class Product(db.Model):
     )
 
     # Shoppers only see active products, so every catalogue query filters on ``active``:
-    # (active, facet) indexes answer each facet count from the index alone, and the sort
-    # indexes serve the name and price orders without sorting the table.
+    # the facets index answers the catalogue's facet summary (one GROUP BY over every facet
+    # column and the year) from the index alone, the (active, facet) indexes serve filters,
+    # and the sort indexes (ending in the id, the tie-break) serve each order as ranges.
     __table_args__ = (
+        Index(
+            "ix_product_active_facets",
+            "active",
+            "gender",
+            "master_category",
+            "sub_category",
+            "article_type",
+            "base_colour",
+            "season",
+            "usage",
+            "year",
+        ),
         Index("ix_product_active_type_colour", "active", "article_type", "base_colour"),
-        Index("ix_product_active_year", "active", "year"),
+        Index("ix_product_active_year", "active", "year", "id"),
         Index("ix_product_active_gender", "active", "gender"),
         Index("ix_product_active_master", "active", "master_category"),
         Index("ix_product_active_sub", "active", "sub_category"),

@@ -17,16 +17,7 @@ from typing import Any
 
 from flask import abort
 from flask_login import current_user
-from sqlalchemy import (
-    ColumnElement,
-    Select,
-    String,
-    func,
-    literal_column,
-    null,
-    select,
-    union_all,
-)
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import InstrumentedAttribute
 from werkzeug.datastructures import MultiDict
 
@@ -34,6 +25,7 @@ from webapp.eligibility import ACTIVE, Eligibility
 from webapp.extensions import db
 from webapp.models import FACETS, Product
 from webapp.preferences import Preferences
+from webapp.shop import facets, paging
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +77,9 @@ class CatalogQuery:
     filters: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     sort: str = DEFAULT_SORT
     page: int = 1
+    # A cursor (``webapp.shop.paging``): the page starts after, or ends before, this row.
+    after: str = ""
+    before: str = ""
 
     @property
     def is_filtered(self) -> bool:
@@ -92,7 +87,10 @@ class CatalogQuery:
         return bool(self.q) or any(self.filters.values())
 
     def url_args(self, **changes: Any) -> dict[str, Any]:
-        """Keyword arguments for ``url_for('shop.catalog', ...)``; defaults are left out."""
+        """Keyword arguments for ``url_for('shop.catalog', ...)``; defaults are left out.
+
+        A cursor belongs to one link, so ``after`` and ``before`` appear only when given.
+        """
         values: dict[str, Any] = {"q": self.q, "sort": self.sort, "page": self.page}
         values.update({k: list(v) for k, v in self.filters.items()})
         values.update(changes)
@@ -106,6 +104,9 @@ class CatalogQuery:
             args["sort"] = values["sort"]
         if values.get("page") and values["page"] > 1:
             args["page"] = values["page"]
+        for cursor in ("after", "before"):
+            if changes.get(cursor):
+                args[cursor] = changes[cursor]
         return args
 
     def cleared(self) -> dict[str, Any]:
@@ -160,7 +161,12 @@ def parse_catalog_args(args: MultiDict[str, str]) -> CatalogQuery:
         page = int(args.get("page", "1"))
     except ValueError:
         page = 1
-    return CatalogQuery(q=q, filters=filters, sort=sort, page=max(page, 1))
+    cursors = {
+        name: value
+        for name in ("after", "before")
+        if len(value := _clean(args.get(name, ""))) <= paging.MAX_CURSOR_LENGTH
+    }
+    return CatalogQuery(q=q, filters=filters, sort=sort, page=max(page, 1), **cursors)
 
 
 def search_clauses(q: str) -> list[ColumnElement[bool]]:
@@ -189,15 +195,8 @@ def facet_clauses(
 
 
 def order_by(sort: str) -> list[ColumnElement[Any]]:
-    """ORDER BY for a sort key; the id breaks ties so pages never overlap."""
-    orders: dict[str, list[ColumnElement[Any]]] = {
-        "relevance": [],
-        "name": [Product.name.asc()],
-        "newest": [Product.year.desc().nulls_last()],
-        "price_asc": [Product.price.asc().nulls_last()],
-        "price_desc": [Product.price.desc().nulls_last()],
-    }
-    return [*orders.get(sort, []), Product.id.asc()]
+    """The whole ORDER BY of a sort key (products without the sort value last)."""
+    return paging.order_by(sort)
 
 
 @dataclass(frozen=True)
@@ -220,6 +219,7 @@ class CatalogPage:
     per_page: int
     facets: dict[str, list[FacetValue]]
     beyond_end: bool = False
+    links: list[PageLink] = field(default_factory=list)
 
     @property
     def first_index(self) -> int:
@@ -248,107 +248,132 @@ def _facet_values(counts: dict[str, int], selected: Iterable[str]) -> list[Facet
     ]
 
 
-def facet_counts(
-    base: list[ColumnElement[bool]], filters: Mapping[str, tuple[str, ...]]
-) -> dict[str, list[FacetValue]]:
-    """Per facet, one GROUP BY query that applies every other facet's selection but not its own.
-
-    Each query can be answered from an index on (active, facet column) alone.
-    """
-    result: dict[str, list[FacetValue]] = {}
-    for key in FACETS:
-        column = facet_column(key)
-        stmt = (
-            select(column, func.count())
-            .where(*base, *facet_clauses(filters, exclude=key))
-            .group_by(column)
-        )
-        counts = {value: n for value, n in db.session.execute(stmt) if value is not None}
-        result[key] = _facet_values(counts, filters.get(key, ()))
-    return result
-
-
-TOTAL_KEY = ""  # the facet name of the total's row in facet_counts_one_scan's UNION
-
-
-def facet_counts_one_scan(
-    base: list[ColumnElement[bool]], filters: Mapping[str, tuple[str, ...]]
-) -> tuple[dict[str, list[FacetValue]], int]:
-    """The same facet counts as ``facet_counts``, plus the total, from one scan of the table.
-
-    A name search can use no index, so each of the per-facet queries would scan every row
-    again. Here the matching rows' facet columns are materialised once (a CTE) and one
-    GROUP BY per facet runs over that small set, all in one statement (UNION ALL).
-    """
-    matching = (
-        select(*(facet_column(key).label(key) for key in FACETS))
-        .where(*base)
-        .cte("matching")
-        .prefix_with("MATERIALIZED")
-    )
-    columns = {key: matching.c[key] for key in FACETS}
-    branches = [
-        # The facet keys are our own constants, so inlining them as literals is safe.
-        select(
-            literal_column(f"'{key}'", String).label("facet"),
-            matching.c[key].label("value"),
-            func.count().label("n"),
-        )
-        .where(*facet_clauses(filters, exclude=key, columns=columns))
-        .group_by(matching.c[key])
-        for key in FACETS
-    ]
-    branches.append(
-        select(literal_column(f"'{TOTAL_KEY}'", String), null(), func.count())
-        .select_from(matching)
-        .where(*facet_clauses(filters, columns=columns))
-    )
-    counts: dict[str, dict[str, int]] = {key: {} for key in FACETS}
-    total = 0
-    for facet, value, n in db.session.execute(union_all(*branches)):
-        if facet == TOTAL_KEY:
-            total = n
-        elif value is not None:
-            counts[facet][value] = n
-    facets = {key: _facet_values(counts[key], filters.get(key, ())) for key in FACETS}
-    return facets, total
-
-
 def catalog_page(query: CatalogQuery, prefs: Preferences, per_page: int) -> CatalogPage:
-    """The products of one catalogue page plus the total and the facet counts.
+    """The products of one catalogue page plus the total, the facet counts and page links.
 
-    Without a search text: one count, one page query and one indexed GROUP BY per facet.
-    With one: the counts and the total come from a single scan (``facet_counts_one_scan``).
-    A page past the end shows the last page (``beyond_end`` tells the template to say so),
-    so a shared link to a catalogue that has since shrunk still shows products.
+    The counts and the total come from the facet summary (``webapp.shop.facets``), the
+    products from one to three index range queries (``webapp.shop.paging``). A page past
+    the end shows the last page (``beyond_end`` tells the template to say so), so a shared
+    link to a catalogue that has since shrunk still shows products.
     """
     per_page = max(int(per_page), 1)
-    base = base_clauses(query, prefs)
-    where = [*base, *facet_clauses(query.filters)]
-    if query.q:
-        facets, total = facet_counts_one_scan(base, query.filters)
-    else:
-        total = db.session.scalar(select(func.count()).select_from(Product).where(*where)) or 0
-        facets = facet_counts(base, query.filters)
+    summary = facets.catalogue_summary(query.q, search_clauses(query.q))
+    counts, total = facets.counts_and_total(summary, prefs, query.filters)
     pages = max(math.ceil(total / per_page), 1)
-    page = min(query.page, pages)
-    stmt: Select[tuple[Product]] = (
-        select(Product)
-        .where(*where)
-        .order_by(*order_by(query.sort))
-        .limit(per_page)
-        .offset((page - 1) * per_page)
+    where = [*base_clauses(query, prefs), *facet_clauses(query.filters)]
+    # The year has few values: knowing each one's matching products lets the newest order
+    # read every page as ranges of ids within one year.
+    years = (
+        facets.year_counts(summary, prefs, query.filters)
+        if paging.SORT_KEYS[query.sort].column == "year"
+        else None
     )
-    products = list(db.session.scalars(stmt))
+    products, page, beyond_end = _page_products(query, where, per_page, total, pages, years)
     return CatalogPage(
         products=products,
         total=total,
         page=page,
         pages=pages,
         per_page=per_page,
-        facets=facets,
-        beyond_end=query.page > pages and total > 0,
+        facets={key: _facet_values(counts[key], query.filters.get(key, ())) for key in FACETS},
+        beyond_end=beyond_end and total > 0,
+        links=page_links(query, products, page, pages, per_page),
     )
+
+
+def _page_products(
+    query: CatalogQuery,
+    where: list[ColumnElement[bool]],
+    per_page: int,
+    total: int,
+    pages: int,
+    groups: dict[Any, int] | None,
+) -> tuple[list[Product], int, bool]:
+    """The page's products, its number and whether the asked-for page lay past the end."""
+    sort = query.sort
+
+    def parts(cursor: paging.Cursor | None, backwards: bool = False) -> list[paging.Segment]:
+        return paging.segments(sort, cursor, backwards, groups)
+
+    page = min(query.page, pages)
+    after = paging.Cursor.decode(query.after, sort)
+    before = paging.Cursor.decode(query.before, sort)
+    beyond_end = query.page > pages
+    products: list[Product] = []
+    if after is not None and not beyond_end:
+        products = paging.read(where, parts(after), per_page, matching=total)
+        beyond_end = not products
+    elif before is not None and not beyond_end:
+        backwards = parts(before, backwards=True)
+        rows = paging.read(where, backwards, per_page, matching=total)
+        if len(rows) == per_page:
+            return rows[::-1], max(page, 2), False
+        page = 1  # fewer than a page before the cursor: the first page
+    elif query.before != paging.END and not beyond_end:
+        offset = (page - 1) * per_page
+        products = paging.read(where, parts(None), per_page, offset, total)
+        beyond_end = not products
+    if products or not total:
+        return products, page, False
+    if page == 1 and not beyond_end:
+        return paging.read(where, parts(None), per_page, matching=total), 1, False
+    # The last page, read backwards from the end: as cheap as the first.
+    size = total - (pages - 1) * per_page
+    rows = paging.read(where, parts(None, backwards=True), size, matching=total)
+    return rows[::-1], pages, beyond_end
+
+
+@dataclass(frozen=True)
+class PageLink:
+    """One entry of the page links: a page (``args`` for its URL) or a gap (no args)."""
+
+    label: str
+    args: dict[str, Any] | None = None
+    rel: str | None = None
+    current: bool = False
+
+
+def page_links(
+    query: CatalogQuery, products: list[Product], page: int, pages: int, per_page: int
+) -> list[PageLink]:
+    """Previous, numbers around this page, first and last, next.
+
+    Previous, next and last carry a cursor; other numbers are offered as far as
+    ``paging.NUMBERED_ROWS`` into the listing (a page number is read with an offset).
+    """
+    if pages <= 1 or not products:
+        return []
+    sort = query.sort
+    prev = (
+        query.url_args(page=1) | {"page": 1}
+        if page == 2
+        else query.url_args(page=page - 1, before=paging.Cursor.of(products[0], sort).encode())
+    )
+    after = paging.Cursor.of(products[-1], sort).encode()
+    special = {  # later entries win: this page's own link over the last page's
+        pages: query.url_args(page=pages, before=paging.END),
+        page - 1: prev,
+        page + 1: query.url_args(page=page + 1, after=after),
+        page: query.url_args(after=query.after, before=query.before) | {"page": page},
+    }
+    links: list[PageLink] = []
+    if page > 1:
+        links.append(PageLink("Previous", prev, rel="prev"))
+    shown = 0
+    for n in sorted({1, *range(max(page - 2, 1), min(page + 2, pages) + 1), pages}):
+        if n in special:
+            args = special[n]
+        elif (n - 1) * per_page <= paging.NUMBERED_ROWS:
+            args = query.url_args(page=n) | {"page": n}
+        else:
+            continue
+        if n > shown + 1:
+            links.append(PageLink("…"))
+        links.append(PageLink(str(n), args, current=n == page))
+        shown = n
+    if page < pages:
+        links.append(PageLink("Next", special[page + 1], rel="next"))
+    return links
 
 
 def preference_summary(prefs: Preferences) -> list[str]:

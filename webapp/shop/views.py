@@ -23,7 +23,7 @@ from flask import (
 from webapp.feed import PAGE_N, ROW_N, current_feed, has_signals
 from webapp.media import OutsideMediaFolder, media_path
 from webapp.preferences import current_preferences
-from webapp.shop import services
+from webapp.shop import facets, services
 from webapp.shop.services import FACET_LABELS, SORTS, CatalogArgsError
 from webapp.similar.services import similar_products
 from webapp.taste import current_taste, not_interested_ids, record_view
@@ -31,6 +31,9 @@ from webapp.taste import current_taste, not_interested_ids, record_view
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("shop", __name__)
+# Cached facet counts go stale when products change: every commit that changes them bumps
+# the catalogue version, in this app's web, worker and command processes alike.
+bp.record_once(lambda state: facets.watch_product_changes())
 
 PLACEHOLDER_IMAGE = "img/placeholder.svg"
 
