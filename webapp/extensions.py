@@ -86,6 +86,7 @@ def celery_init_app(app: Flask) -> Celery:
                 "worker.tasks.ml_heal_index": {"queue": "index"},
                 "worker.tasks.ml_index_import": {"queue": "index"},
                 "worker.tasks.ml_calibrate_duplicates": {"queue": "index"},
+                "worker.tasks.ml_build_shard": {"queue": "index"},
                 "worker.tasks.ml_*": {"queue": "ml"},
             },
             "task_acks_late": True,

@@ -63,6 +63,11 @@ def store_for(model_id: str) -> EmbeddingStore:
     return registry.store_for(current_app.config["MODEL_FOLDER"], model_id)
 
 
+def index_folder(model_id: str) -> Path:
+    """Where a model's saved vector index lives: ``<MODEL_FOLDER>/<model id>/index``."""
+    return registry.index_folder(current_app.config["MODEL_FOLDER"], model_id)
+
+
 def network_folder(model_id: str) -> Path:
     """Where a tuned network's weights live: ``<MODEL_FOLDER>/<model id>/network``."""
     return registry.network_folder(current_app.config["MODEL_FOLDER"], model_id)

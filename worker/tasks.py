@@ -20,6 +20,7 @@ from worker.jobs import (
     healing,
     indexing,
     search_requests,
+    shards,
     thresholds,
     tuning,
 )
@@ -108,6 +109,13 @@ def ml_build_neighbours(self, model_id: str | None = None) -> dict[str, object]:
         return {"model": report.model_id, "products": report.products}
     finally:
         exclusive.finished(exclusive.INDEX, self.request.id)
+
+
+@shared_task(ignore_result=True)
+def ml_build_shard(model_id: str, build_id: str, shard: int) -> bool:
+    """One shard of a neighbour-list build (sent by the build, which computes any shard no
+    worker took): nothing when the build is over, the shard done or held by another process."""
+    return shards.run_shard(model_id, build_id, shard)
 
 
 @shared_task(bind=True, ignore_result=False)

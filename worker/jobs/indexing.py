@@ -5,10 +5,12 @@ Each job is idempotent (running it twice leaves the same index as running it onc
 * ``embed_catalog``: embed every product photo not yet embedded by the configured backbone
   (or whose photo changed), chunk by chunk, each chunk committed as an atomic part; a killed
   job resumes where it stopped.
-* ``build_neighbours``: exact top-K for every product into Redis under the model id, then one
-  atomic switch makes the lists the served ones. The lists are written under the model's
-  lists lock, which incremental updates take too, and then caught up with what the store
-  gained while they were computed.
+* ``build_neighbours``: top-K for every product into Redis under the model id, then one
+  atomic switch makes the lists the served ones. The model's vector index is saved first;
+  the lists are computed in shards by this process and any worker free on the ``index``
+  queue (:mod:`worker.jobs.shards`), while the model's lists are marked incomplete (so
+  incremental updates leave them alone); then, under the model's lists lock, they are
+  caught up with what the store gained while they were computed.
 * ``update_product`` / ``update_products``: after products are created, edited or deleted
   (one in the admin pages, thousands in a bulk import), re-embed those whose photo changed
   and rewrite only the lists they enter or leave. Both are the one incremental path of
@@ -17,32 +19,37 @@ Each job is idempotent (running it twice leaves the same index as running it onc
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flask import current_app
 from sqlalchemy import select
 
-from ml.vector_index import neighbour_lists
+from ml.compact import KEYS, build_index, load_index, save_index
 from webapp.extensions import db
 from webapp.media import image_file
 from webapp.models import Product
-from webapp.registry import image_key, load_backbone, neighbour_cache, store_for
+from webapp.registry import image_key, index_folder, load_backbone, neighbour_cache, store_for
+from worker.jobs import shards
 from worker.jobs.photos import embed_photos, embed_with
 from worker.jobs.upkeep import (
     BatchUpdateReport,
     Plan,
     Progress,
     catch_up_lists,
-    kth_scores,
     update_products,
 )
 
 logger = logging.getLogger(__name__)
+
+# Beside a model's saved index: the settings it was built with (written once it is saved).
+INDEX_SETTINGS = "index.settings.json"
 
 __all__ = [
     "BatchUpdateReport",
@@ -131,11 +138,22 @@ class NeighbourReport:
 
 
 def build_neighbours(
-    model_id: str, *, k: int | None = None, activate: bool = True, progress: Progress | None = None
+    model_id: str,
+    *,
+    k: int | None = None,
+    activate: bool = True,
+    progress: Progress | None = None,
+    reuse_index: bool = True,
 ) -> NeighbourReport:
     """Top-K lists for every embedded product (exact, or through the vector index for a large
-    catalogue: ``NEIGHBOURS_INDEX``), written under the model id, then served."""
-    k = k or current_app.config["NEIGHBOURS_K"]
+    catalogue: ``NEIGHBOURS_INDEX``), written under the model id, then served.
+
+    The index is saved beside the embeddings and the lists are computed in shards
+    (:mod:`worker.jobs.shards`): this process computes them, and so does any worker process
+    free on the ``index`` queue. Returns once every shard is done and the lists are served.
+    ``reuse_index=False`` builds the index even when the saved one is up to date."""
+    cfg = current_app.config
+    k = k or cfg["NEIGHBOURS_K"]
     cache = neighbour_cache()
     store = store_for(model_id)
     ids, vectors, keys = store.load_with_keys()
@@ -144,31 +162,83 @@ def build_neighbours(
             f"model {model_id} has {len(ids)} embedded products; embed the catalogue first"
         )
     if progress:
-        progress(0, len(ids))  # the stage starts here, not when the first block is done
+        progress(0, len(ids))  # the stage starts here, not when the first shard is done
     t0 = time.perf_counter()
-    kind = current_app.config["NEIGHBOURS_INDEX"]
-    idx, scores = neighbour_lists(np.asarray(vectors), k, kind, progress=progress)
-    t1 = time.perf_counter()
-    with cache.writing(model_id) as renew:  # no incremental update writes meanwhile
+    kind = cfg["NEIGHBOURS_INDEX"]
+    _save_index(model_id, (ids, vectors, keys), kind, int(cfg["COMPACT_DIMS"]), reuse_index)
+    with cache.writing(model_id):  # no incremental update writes a list until it is complete
         old_ids, old_kth = cache.read_index(model_id)
-        # Mark incomplete while lists are rewritten, so a crash never leaves a "complete" mix.
+        # Incomplete while lists are rewritten, so a crash never leaves a "complete" mix.
         cache.write_index(model_id, old_ids, old_kth, k=k, complete=False)
-        cache.write_lists(model_id, ids, ids[idx], scores)
+    build = shards.start(cache, model_id, len(ids), k, int(cfg["NEIGHBOURS_SHARD_ROWS"]))
+    if build.shards > 1:
+        shards.send(build)
+    index = load_index(index_folder(model_id), mmap=True)
+    shards.work(cache, build, shards.Sources.of_arrays(index, ids, ids, vectors), progress)
+    t1 = time.perf_counter()
+    with cache.writing(model_id) as renew:
+        cache.write_index(
+            model_id, ids, shards.kth_of(cache, build), k=k, complete=True, full_build=True
+        )
         cache.delete_lists(model_id, np.setdiff1d(old_ids, ids))
-        cache.write_index(model_id, ids, kth_scores(scores, k), k=k, complete=True, full_build=True)
         catch_up_lists(cache, store, model_id, (ids, vectors, keys), renew)
+    activated = shards.finish(cache, build, activate)
     t2 = time.perf_counter()
-    if activate:
-        cache.activate(model_id)
     logger.info(
-        "neighbour lists for %s: %d products (index %s), compute %.1fs, write %.1fs",
+        "neighbour lists for %s: %d products (index %s, %d shards), compute %.1fs, write %.1fs",
         model_id,
         len(ids),
         kind,
+        build.shards,
         t1 - t0,
         t2 - t1,
     )
-    return NeighbourReport(model_id, len(ids), k, t1 - t0, t2 - t1, activate)
+    return NeighbourReport(model_id, len(ids), k, t1 - t0, t2 - t1, activated)
+
+
+def _save_index(
+    model_id: str,
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+    kind: str,
+    compact_dims: int,
+    reuse: bool,
+) -> bool:
+    """Build the model's vector index over the stored rows (ids, vectors, keys) and save it
+    beside them with each row's key; with ``reuse``, keep the saved one when it was built with
+    the same settings from the same rows (lists lost with Redis are rebuilt without building
+    the graph again). True when it built one. The index in memory goes when this returns:
+    shards read the saved one, memory-mapped."""
+    ids, vectors, keys = rows
+    folder = index_folder(model_id)
+    stamp = folder.with_name(INDEX_SETTINGS)
+    settings = {"kind": kind, "compact_dims": compact_dims}
+    if reuse and _saved_from(folder, stamp, settings, ids, keys):
+        logger.info("the saved index of %s is up to date: reused", model_id)
+        return False
+    stamp.unlink(missing_ok=True)
+    index = build_index(ids, np.asarray(vectors), kind=kind, compact_dims=compact_dims)
+    save_index(index, folder, keys=(ids, keys))
+    stamp.write_text(json.dumps(settings))
+    return True
+
+
+def _saved_from(
+    folder: Path, stamp: Path, settings: dict, ids: np.ndarray, keys: np.ndarray
+) -> bool:
+    """True when the saved index was built with ``settings`` from exactly these rows (every
+    row with a key: a row stored without one may have changed unseen)."""
+    try:
+        if json.loads(stamp.read_text()) != settings:
+            return False
+        saved_keys = np.load(folder / KEYS, mmap_mode="r")
+        saved_ids = load_index(folder, mmap=True).ids()
+    except (OSError, ValueError):
+        return False
+    return (
+        np.array_equal(saved_ids, ids)
+        and np.array_equal(saved_keys, keys)
+        and bool(np.all(np.char.str_len(keys) > 0))
+    )
 
 
 def lists_up_to_date(report: EmbedReport) -> bool:

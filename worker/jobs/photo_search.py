@@ -6,8 +6,8 @@ the answer that ``worker.jobs.search_requests`` records in the search request.
 
 Ranking a photo is ``ml.search_levels.rank``, the same function the evaluation measures:
 the level plan (same photo, predicted type and colour, type, sub-category, everything)
-chooses, asking the model's vector index (``ml.vector_index``, built once per process: exact
-below 50,000 products, an HNSW graph above, ``NEIGHBOURS_INDEX``) for the best-scored
+chooses, asking the model's catalogue index (``worker.jobs.search_index``: exact below
+50,000 products, the saved HNSW graph above, ``NEIGHBOURS_INDEX``) for the best-scored
 products. Which products a level may show is asked of the database (``webapp.eligibility``:
 active, in stock, preferences, plus the level's fields): a window of the index's best
 candidates at a time, widened, and for a sparse level its eligible products passed to the
@@ -36,7 +36,6 @@ from ml.heads import HeadSet
 from ml.labels import OTHER, TYPE_SEPARATOR
 from ml.preprocess import load_image_reduced
 from ml.search_levels import Level, Prediction, SearchPolicy
-from ml.vector_index import ANN_MIN_ROWS, VectorIndex, make_index
 from webapp import registry
 from webapp.eligibility import Eligibility
 from webapp.extensions import db
@@ -45,6 +44,7 @@ from webapp.preferences import Preferences
 from webapp.thresholds import compare_threshold
 from webapp.uploads import media_file_path
 from worker.jobs import search_results
+from worker.jobs.search_index import IndexScores, SearchError, catalogue_index
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +59,6 @@ MIN_WINDOW = 256
 # costs no more than a few megapixels' decode.
 MAX_CROP_ZOOM = 16
 MODEL_UNAVAILABLE = "Photo search is unavailable right now: the model could not be loaded."
-
-
-class SearchError(Exception):
-    """A search or compare that cannot be done; ``code`` is the HTTP status it maps to."""
-
-    def __init__(self, message: str, code: int = 422) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 def search_policy(**overrides: Any) -> SearchPolicy:
@@ -86,104 +77,8 @@ def search_policy(**overrides: Any) -> SearchPolicy:
 # -- per-process caches ---------------------------------------------------------------------
 
 
-@dataclass
-class CatalogueIndex:
-    """One model's embeddings, in memory: ids int64 [n] ascending (row numbers of the level
-    plan) and a vector index over them (``NEIGHBOURS_INDEX``: exact or an HNSW graph)."""
-
-    model_id: str
-    ids: np.ndarray
-    nearest: VectorIndex | None  # the HNSW graph; None where search is exact
-    source: Any  # the store's array the index was built from (changes when the store does)
-    # Where search is exact, the vectors themselves: one matrix-vector product scores every
-    # product about twice as fast as the exact index's blocked scan answers a window.
-    vectors: np.ndarray | None = None
-
-    @property
-    def dim(self) -> int:
-        """Length of the model's embedding."""
-        return int(self.vectors.shape[1] if self.vectors is not None else self.nearest.dim)
-
-
 _lock = threading.Lock()
-# Keyed by (model folder, model id).
-_stores: dict[tuple[str, str], Any] = {}
-_indexes: dict[tuple[str, str], CatalogueIndex] = {}
 _heads: dict[Path, tuple[float, HeadSet]] = {}
-
-
-def catalogue_index(model_id: str) -> CatalogueIndex:
-    """The model's embedding matrix in memory, reloaded only when the store changed."""
-    # One store object per model: it caches what it read until its files change, so an
-    # unchanged store hands back the very arrays the in-memory copy was made from.
-    key = (current_app.config["MODEL_FOLDER"], model_id)
-    store = _stores.get(key)
-    if store is None:
-        store = _stores[key] = registry.store_for(model_id)
-    ids, vectors = store.load()
-    with _lock:
-        cached = _indexes.get(key)
-        if cached is None or cached.source is not vectors:
-            if len(ids) == 0:
-                raise SearchError(
-                    "Photo search is not ready yet: the catalogue has not been embedded.", 503
-                )
-            ids = np.asarray(ids)
-            kind = current_app.config["NEIGHBOURS_INDEX"]
-            if kind == "exact" or (kind == "auto" and len(ids) < ANN_MIN_ROWS):
-                cached = CatalogueIndex(
-                    model_id, ids, None, vectors, np.ascontiguousarray(vectors, np.float32)
-                )
-            else:
-                nearest = make_index(vectors.shape[1], len(ids), "ann")
-                nearest.add(ids, vectors)
-                cached = CatalogueIndex(model_id, ids, nearest, vectors)
-            _indexes[key] = cached
-            logger.info(
-                "photo search index for %s: %d products in memory (%s)",
-                model_id,
-                len(ids),
-                "exact" if cached.nearest is None else cached.nearest.kind,
-            )
-        return cached
-
-
-class IndexScores:
-    """One photo's scores as the level plan asks for them (``search_levels.Scores``), asked of
-    the catalogue's vector index: the best rows a window at a time (the largest window read
-    is kept), and the best of given rows with those rows as the search's allowed set."""
-
-    def __init__(self, catalogue: CatalogueIndex, query: np.ndarray) -> None:
-        self.catalogue = catalogue
-        self.query = query
-        self._window = np.empty(0, np.int64)
-        self._known: dict[int, float] = {}
-
-    def __len__(self) -> int:
-        return len(self.catalogue.ids)
-
-    def _search(self, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
-        """Rows of the index's k best ids (among ``allowed`` ids), best first."""
-        ids, scores = self.catalogue.nearest.query(self.query, k, allowed)
-        found = ids[0] >= 0
-        rows = np.searchsorted(self.catalogue.ids, ids[0][found])
-        self._known.update(zip(rows.tolist(), scores[0][found].tolist(), strict=True))
-        return rows
-
-    def top(self, window: int) -> np.ndarray:
-        total = len(self)
-        if len(self._window) < min(window, total):
-            self._window = self._search(min(total, max(window, MIN_WINDOW)))
-        return self._window[:window]
-
-    def best(self, rows: np.ndarray, need: int) -> np.ndarray:
-        if need <= 0 or not len(rows):
-            return np.empty(0, np.int64)
-        return self._search(need, self.catalogue.ids[rows])
-
-    def of(self, rows: np.ndarray) -> np.ndarray:
-        known = self._known
-        return np.fromiter((known[row] for row in rows.tolist()), np.float32, len(rows))
 
 
 def heads_for(model_id: str) -> HeadSet | None:
@@ -354,11 +249,38 @@ def search_photo(
     started = time.perf_counter()
     model_id = served_model()
     backbone = backbone_for(model_id)
-    catalogue = catalogue_index(model_id)
+    catalogue_index(model_id)  # a catalogue not embedded yet answers 503 before any decoding
     photo = read_query(relative_path, backbone.input_size, crop)
     embed_started = time.perf_counter()
     query = backbone.embed([photo.image])[0]
     rank_started = time.perf_counter()
+    answer = rank_photo(model_id, query, prefs, n, all_categories, exclude)
+    ended = time.perf_counter()
+    return {
+        **answer,
+        "crop": None if photo.crop is None else list(photo.crop),
+        "product_box": None if photo.product_box is None else list(photo.product_box),
+        # Where the time went: the upload decoded, the product found in it, the photo
+        # embedded, the catalogue ranked and chosen from (all within ``elapsed_ms``).
+        "decode_ms": photo.decode_ms,
+        "foreground_ms": photo.foreground_ms,
+        "embed_ms": round((rank_started - embed_started) * 1000, 2),
+        "rank_ms": round((ended - rank_started) * 1000, 2),
+        "elapsed_ms": round((ended - started) * 1000, 1),
+    }
+
+
+def rank_photo(
+    model_id: str,
+    query: np.ndarray,
+    prefs: Preferences,
+    n: int,
+    all_categories: bool = False,
+    exclude: Collection[int] = (),
+) -> dict[str, Any]:
+    """Rank the catalogue of ``model_id`` for one embedded photo and choose the shopper's N
+    (the part of ``search_photo`` after the model; JSON-safe)."""
+    catalogue = catalogue_index(model_id)
     if query.shape[0] != catalogue.dim:
         raise SearchError(f"The embeddings of {model_id} do not match its backbone.", 503)
     heads = heads_for(model_id)
@@ -367,7 +289,7 @@ def search_photo(
     if catalogue.vectors is not None:
         scores = search_levels.ArrayScores(catalogue.vectors @ query)
     else:
-        scores = IndexScores(catalogue, query)
+        scores = IndexScores(catalogue, query, MIN_WINDOW)
     eligible = EligibleProducts(catalogue.ids, Eligibility.of(prefs, exclude=exclude).clauses())
     ranking, groups = search_results.choose_distinct(
         catalogue.ids, scores, prediction, eligible, n, policy, all_categories
@@ -381,7 +303,6 @@ def search_photo(
     items = [[group[0], round(level_of[group[0]][0], 5), level_of[group[0]][1]] for group in groups]
     closest = max((item[1] for item in items), default=None)
     threshold, threshold_from = search_results.close_match_cosine(model_id)
-    ended = time.perf_counter()
     return {
         "model": model_id,
         "heads": heads.version if heads is not None else None,
@@ -391,21 +312,12 @@ def search_photo(
         "items": items,
         # Other products showing the same picture as a card's, best first (keys: card ids).
         "also": {str(group[0]): group[1:] for group in groups if len(group) > 1},
-        "crop": None if photo.crop is None else list(photo.crop),
-        "product_box": None if photo.product_box is None else list(photo.product_box),
-        # Where the time went: the upload decoded, the product found in it, the photo
-        # embedded, the catalogue ranked and chosen from (all within ``elapsed_ms``).
-        "decode_ms": photo.decode_ms,
-        "foreground_ms": photo.foreground_ms,
-        "embed_ms": round((rank_started - embed_started) * 1000, 2),
-        "rank_ms": round((ended - rank_started) * 1000, 2),
         "closest": closest,
         "close_match_cosine": threshold,
         "close_match_from": threshold_from,
         "no_close_match": bool(
             threshold is not None and closest is not None and closest < threshold
         ),
-        "elapsed_ms": round((ended - started) * 1000, 1),
     }
 
 

@@ -47,6 +47,7 @@ from webapp.media import image_file
 from webapp.models import Product
 from webapp.registry import image_key, load_backbone, neighbour_cache, store_for
 from worker.jobs.photos import embed_photos, embed_with
+from worker.jobs.search_index import CatalogueIndex, catalogue_index
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ COMPACT_AFTER_PARTS = 50
 # Rows of the similarity matrix computed at once (rows x catalogue floats in memory).
 BLOCK = 512
 SQL_CHUNK = 5000
+# Rows compared at once when a build catches up with the store.
+CATCH_UP_BLOCK = 65_536
+# Past 50,000 products: nearest products of a changed one whose lists are checked for it.
+REVERSE_CANDIDATES = 1000
 
 
 def kth_scores(scores: np.ndarray, k: int) -> np.ndarray:
@@ -141,7 +146,7 @@ def _current_keys(product_ids: list[int]) -> dict[int, tuple[str | None, str | N
 
 def make_plan(product_ids: list[int], store: EmbeddingStore, current: dict) -> Plan:
     """Compare the products with the store: what to embed, what to drop, and the old vectors."""
-    stored = store.keys_by_id()
+    stored = store.keys_of(product_ids)
     embed, remove = [], []
     for pid in product_ids:
         path, sha = current.get(pid, (None, None))
@@ -220,7 +225,8 @@ def _embed_planned(
     chunk: int,
 ) -> None:
     """Embed the plan's photos the store still lacks, drop the products that left."""
-    stored = store.keys_by_id()
+    wanted = [*plan.embed, *plan.remove]
+    stored = store.keys_of(wanted)
     media = current_app.config["MEDIA_FOLDER"]
     todo = [
         (pid, image_file(current[pid][0], media), image_key(*current[pid]))
@@ -236,10 +242,10 @@ def _embed_planned(
         chunk=chunk,
         after_chunk=(lambda done: progress(done, len(todo))) if progress else None,
     )
-    gone = [p for p in plan.remove if p in store.keys_by_id()]
+    gone = [p for p in plan.remove if p in store.keys_of(plan.remove)]
     if gone:
         store.write_part(deleted=gone)
-    stored = store.keys_by_id()
+    stored = store.keys_of(wanted)
     report.embedded = [p for p in plan.embed if p in stored]
     report.removed = list(plan.remove)
 
@@ -254,17 +260,15 @@ def _rewrite_lists(
 ) -> None:
     """Rewrite the lists that gain or lose one of the products; leave every other list alone.
     Runs under the lists lock; ``renew()`` keeps it between blocks."""
+    catalogue = catalogue_index(model_id)
+    if catalogue.nearest is not None:
+        _rewrite_lists_indexed(cache, store, catalogue, plan, report, renew)
+        return
     k = int(cache.meta(model_id)["k"])
     ids, vectors = store.load()
     vectors = np.asarray(vectors, np.float32)
-    old_index_ids, old_kth = cache.read_index(model_id)
-    kth = np.full(len(ids), np.nan, np.float32)
-    if len(old_index_ids):
-        pos = np.minimum(np.searchsorted(old_index_ids, ids), len(old_index_ids) - 1)
-        known = old_index_ids[pos] == ids
-        kth[known] = old_kth[pos[known]]
-    else:
-        known = np.zeros(len(ids), bool)
+    kth = _known_kth(cache, model_id, ids)
+    known = ~np.isnan(kth)
 
     probed = np.asarray([*report.embedded, *report.relisted], np.int64)
     new_rows = np.flatnonzero(np.isin(ids, probed))
@@ -299,6 +303,66 @@ def _rewrite_lists(
     cache.write_index(model_id, ids, kth, k=k, complete=True)
 
 
+def _known_kth(cache: NeighbourCache, model_id: str, ids: np.ndarray) -> np.ndarray:
+    """Each product's K-th score as the lists record it (NaN: the product has no list)."""
+    old_ids, old_kth = cache.read_index(model_id)
+    kth = np.full(len(ids), np.nan, np.float32)
+    if len(old_ids):
+        pos = np.minimum(np.searchsorted(old_ids, ids), len(old_ids) - 1)
+        known = old_ids[pos] == ids
+        kth[known] = old_kth[pos[known]]
+    return kth
+
+
+def _rewrite_lists_indexed(
+    cache: NeighbourCache,
+    store: EmbeddingStore,
+    catalogue: CatalogueIndex,
+    plan: Plan,
+    report: BatchUpdateReport,
+    renew: Callable[[], object],
+) -> None:
+    """``_rewrite_lists`` for a catalogue served through its vector index (past 50,000
+    products): the lists a product may enter or leave are among its ``REVERSE_CANDIDATES``
+    nearest (a list takes a newcomer only if it is nearer than the list's K-th), and the
+    rewritten lists are asked of the index, as the full build makes them; nothing scans the
+    whole catalogue."""
+    model_id, ids, live = catalogue.model_id, catalogue.ids, catalogue.nearest
+    k = int(cache.meta(model_id)["k"])
+    kth = _known_kth(cache, model_id, ids)
+    probed = np.asarray([*report.embedded, *report.relisted], np.int64)
+    new_rows = np.flatnonzero(np.isin(ids, probed))
+    probes = [store.get(ids[new_rows])]
+    if len(plan.old_vectors) and plan.old_vectors.shape[1] == catalogue.dim:
+        probes.append(plan.old_vectors)
+    probe = np.concatenate(probes)
+    affected = np.isnan(kth)  # products without a list yet get one
+    affected[new_rows] = True
+    if len(probe):
+        near, scores = live.query(probe, min(REVERSE_CANDIDATES, len(ids)), full=False)
+        found = near >= 0
+        rows = np.searchsorted(ids, near[found])
+        reached = scores[found] >= kth[rows] - SCORE_TOLERANCE
+        affected[rows[reached]] = True
+    rows = np.flatnonzero(affected)
+    kk = min(k, len(ids) - 1)
+    for start in range(0, len(rows) if kk > 0 else 0, BLOCK):
+        renew()
+        block = rows[start : start + BLOCK]
+        near, scores = live.query(store.get(ids[block]), kk + 1, full=False)
+        own = near == ids[block][:, None]
+        order = np.argsort(own, axis=1, kind="stable")[:, :kk]  # the product itself goes last
+        near = np.take_along_axis(near, order, axis=1)
+        scores = np.take_along_axis(scores, order, axis=1)
+        cache.write_lists(model_id, ids[block], near, scores)
+        kth[block] = kth_scores(scores, k)
+    report.rewritten = ids[rows].tolist() if kk > 0 else []
+    if plan.remove:
+        cache.delete_lists(model_id, plan.remove)
+        report.deleted_lists = list(plan.remove)
+    cache.write_index(model_id, ids, np.nan_to_num(kth, nan=-np.inf), k=k, complete=True)
+
+
 def catch_up_lists(
     cache: NeighbourCache,
     store: EmbeddingStore,
@@ -311,17 +375,23 @@ def catch_up_lists(
     then enter or leave, the incremental way. Call it holding the lists lock: updates that
     ran during the build's computation wrote lists the build has just overwritten."""
     ids, vectors, keys = snapshot
+    report = BatchUpdateReport(model_id)
     now_ids, now_vectors, now_keys = store.load_with_keys()
+    if now_ids is ids and now_vectors is vectors and now_keys is keys:
+        return report  # the store hands back the very arrays it gave: nothing changed
     # Changed: new, or another key (photo), or another vector (a part written without keys).
     pos = np.minimum(np.searchsorted(ids, now_ids), max(len(ids) - 1, 0))
     changed = np.ones(len(now_ids), bool)
     if len(ids):
         same = ids[pos] == now_ids
-        same[same] = (keys[pos[same]] == now_keys[same]) & np.all(
-            np.asarray(vectors[pos[same]]) == np.asarray(now_vectors[same]), axis=1
-        )
+        same[same] = keys[pos[same]] == now_keys[same]
+        rows = np.flatnonzero(same)
+        for start in range(0, len(rows), CATCH_UP_BLOCK):  # a block at a time: no copy of all
+            block = rows[start : start + CATCH_UP_BLOCK]
+            same[block] = np.all(
+                np.asarray(vectors[pos[block]]) == np.asarray(now_vectors[block]), axis=1
+            )
         changed = ~same
-    report = BatchUpdateReport(model_id)
     report.embedded = now_ids[changed].tolist()
     report.removed = np.setdiff1d(ids, now_ids).tolist()
     if not report.embedded and not report.removed:
