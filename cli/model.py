@@ -137,6 +137,15 @@ def check_backbone_command() -> None:
     "(bench/make_wild_queries.py writes such a folder).",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the --split draw.")
+@click.option(
+    "--compact",
+    default=0,
+    type=click.IntRange(0, 4096),
+    metavar="DIMS",
+    help="Photo searches rank with every vector projected to its top DIMS principal "
+    "directions (COMPACT_DIMS: what a catalogue past 50,000 products indexes), to compare "
+    "with the full vectors (0, the default).",
+)
 @click.option("--k", default=10, show_default=True, type=click.IntRange(1, 100))
 @click.option(
     "--min-type-count",
@@ -185,6 +194,7 @@ def evaluate_command(
     split: float | None,
     wild: str | None,
     seed: int,
+    compact: int,
     k: int,
     min_type_count: int,
     colour_weight: float,
@@ -220,6 +230,7 @@ def evaluate_command(
             latency_sample=latency_sample,
             retrain=retrain,
             wild=wild,
+            compact=compact,
         )
         result = evaluation.run(opts, say=_note)
     except evaluation.EvaluationError as exc:

@@ -50,6 +50,7 @@ class Options:
     wild: str | None = None  # held-out runs: also search wild photos of the held-out products,
     # WILD_GENERATED or a folder of them (images/<id>.jpg)
     foreground: bool = True  # wild photos: prepared as photo search prepares an upload
+    compact: int = 0  # photo searches rank with vectors projected to this many dims (0: full)
 
 
 def colour_first(opts: Options) -> bool:

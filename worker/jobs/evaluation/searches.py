@@ -4,6 +4,7 @@ them, by plain ranking too, and timed one photo at a time."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 
 from ml import evaluation as ev
 from ml.colour import ColourDescriptor, fuse
+from ml.compact import Projection
 from ml.heads import HeadSet
 from ml.preprocess import load_image
 from ml.projection import FusionWeights
@@ -105,6 +107,8 @@ def _photo_model(
     """One evaluated model's photo-search scores, levels, classifier accuracy and latency."""
     t0 = time.perf_counter()
     built = build_model(head, cat, colours, run.index_rows, run.queries, run.index_rows, opts, say)
+    if opts.compact:
+        built = compacted(built, opts.compact)
     t1 = time.perf_counter()
     chosen, preds, answers = _classifiers(built, run, shared, opts)
     if say:
@@ -125,6 +129,7 @@ def _photo_model(
         "model_id": built.model_id,
         "ranking": f"photo-search pipeline (classifier: {chosen}"
         + ("; predicted colour first" if colour_first(opts) else "")
+        + (f"; vectors compacted to {opts.compact} dims" if opts.compact else "")
         + ")",
         "index": int(len(run.index_rows)),
         **scores,
@@ -139,6 +144,15 @@ def _photo_model(
         "latency": latency(cat, built, run, shared, opts),
         "seconds": {"build": round(t1 - t0, 1), "rank": round(t2 - t1, 1)},
     }
+
+
+def compacted(built: Built, dims: int) -> Built:
+    """The model's index and query vectors projected as a large catalogue's index projects
+    them (``ml.compact.Projection`` fitted on the index rows)."""
+    projection = Projection.fit(built.index, dims)
+    return dataclasses.replace(
+        built, index=projection.apply(built.index), queries=projection.apply(built.queries)
+    )
 
 
 def _classifiers(
