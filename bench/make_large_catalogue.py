@@ -14,12 +14,14 @@ The vectors are written as an ``EmbeddingStore`` under ``OUT/models`` for the mo
 ``synthetic-<n>-s<seed>-<source model id>``; ``OUT/catalogue-<n>-s<seed>.json`` describes it
 (sigma, the quantiles) and makes a second run with the same arguments reuse it.
 
-Database rows (``--database-url``, PostgreSQL): the real rows are copied into the scratch
-schema ``--schema`` (default ``bench_scale``; created with the shop's tables, never the
-``public`` schema), and each synthetic product gets a new id (above the real ids) with the
-attributes of its source product (its name marked with the synthetic id) and its photo path,
-so photos point at existing files. Rows are inserted with executemany in batches of 5,000;
-ids already present are left as they are, so a second run only adds what is missing.
+Database rows (``--database-url``, PostgreSQL): the real rows are copied into the schema
+``--schema`` (default ``bench_scale``; its missing tables are created; ``public`` only in a
+database other than the test suite's ``test``; ``bench/bench_scale.py`` uses a database of
+its own, migrated, so pages find every table), and each synthetic product gets a new id
+(above the real ids) with the attributes of its source product (its name marked with the
+synthetic id) and its photo path, so photos point at existing files. Rows are written with
+PostgreSQL's COPY; ids already present are left as they are, so a second run only adds what
+is missing.
 
 Usage: PYTHONPATH=. .venv/bin/python bench/make_large_catalogue.py --n 200000 --out /tmp/shop-scale
        [--seed 0] [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
@@ -50,7 +52,6 @@ DIRECTIONS_PER_PRODUCT = 16
 CALIBRATION_QUERIES = 1000
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 TOP = 10
-BATCH = 5000
 
 
 def model_id_for(n: int, seed: int, source_model: str) -> str:
@@ -103,14 +104,15 @@ def synthesise(
         keys = rng.random(block.shape)
         drop = np.argsort(keys, axis=1)[:, DIRECTIONS_PER_PRODUCT:]
         np.put_along_axis(block, drop, 0.0, axis=1)
-    noise = weights @ basis.T  # [m, d]
+    # The perturbations are made block by block (weights @ basis.T), never all at once: at a
+    # million products of 1,280 floats they alone would take 5 GB.
     out = np.empty((n, d), np.float32)
     out[:n0] = real
 
     def fill(sigma: float) -> None:
         for start in range(0, m, 65536):
             stop = min(start + 65536, m)
-            rows = real[sources[start:stop]] + sigma * noise[start:stop]
+            rows = real[sources[start:stop]] + sigma * (weights[start:stop] @ basis.T)
             rows /= np.linalg.norm(rows, axis=1, keepdims=True)
             out[n0 + start : n0 + stop] = rows
 
@@ -216,6 +218,7 @@ def make_catalogue(
             shutil.rmtree(store.path)
         store = EmbeddingStore(model_folder, model_id)
         store.write_part(ids, vectors, keys)
+        del vectors  # compaction reads the part back: one copy of the vectors at a time
         store.compact()
         np.save(out / f"sources-{n}-s{seed}.npy", real_ids[sources])
         description.update(model_id=model_id, model_folder=str(model_folder))
@@ -241,22 +244,22 @@ def write_rows(
     schema: str,
     log=print,
 ) -> int:
-    """Copy the real rows and add the synthetic ones in ``schema``; returns the row count."""
-    from sqlalchemy import create_engine, insert, select, text
+    """Copy the real rows and add the synthetic ones in ``schema`` (PostgreSQL COPY); returns
+    the row count. The ``public`` schema is refused in the test suite's database ``test``."""
+    import psycopg
+    from sqlalchemy import create_engine, select, text
+    from sqlalchemy.engine import make_url
 
     from webapp.extensions import db
     from webapp.models import Product
 
     if not database_url.startswith("postgresql"):
         raise ValueError("--database-url must be a PostgreSQL URL (postgresql+psycopg://...)")
-    if not schema.isidentifier() or schema == "public":
-        raise ValueError(f"--schema must be a plain name other than public, got {schema!r}")
-    ids, _ = EmbeddingStore(
-        out / "models",
-        model_id_for(
-            n, seed, json.loads((out / f"catalogue-{n}-s{seed}.json").read_text())["source_model"]
-        ),
-    ).load()
+    url = make_url(database_url)
+    if not schema.isidentifier() or (schema == "public" and url.database == "test"):
+        raise ValueError(f"--schema must be a plain name, not public in database test: {schema!r}")
+    description = json.loads((out / f"catalogue-{n}-s{seed}.json").read_text())
+    ids = EmbeddingStore(out / "models", model_id_for(n, seed, description["source_model"])).ids()
     sources = np.load(out / f"sources-{n}-s{seed}.npy")
     source = create_engine(source_database or f"sqlite:///{ROOT / 'instance' / 'shop.sqlite3'}")
     table = Product.__table__
@@ -265,7 +268,7 @@ def write_rows(
     target = create_engine(database_url, connect_args={"options": f"-csearch_path={schema}"})
     with target.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-    db.metadata.create_all(target, tables=[table])  # only the products table, in the schema
+    db.metadata.create_all(target, tables=[table])  # the shop's schema where it is missing
     with target.connect() as conn:
         present = {int(r[0]) for r in conn.execute(select(table.c.id))}
     todo = [
@@ -273,17 +276,18 @@ def write_rows(
         for i, s in zip(ids.tolist(), sources.tolist(), strict=True)
         if int(i) not in present and int(s) in rows
     ]
+    columns = [c.key for c in table.columns]
     t0 = time.perf_counter()
-    for start in range(0, len(todo), BATCH):
-        batch = []
-        for pid, src in todo[start : start + BATCH]:
-            row = dict(rows[src])
-            if pid != src:
-                row["name"] = f"{row['name']} #{pid}"[:300]
-            row["id"] = pid
-            batch.append(row)
-        with target.begin() as conn:
-            conn.execute(insert(table), batch)
+    plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(plain, options=f"-csearch_path={schema}") as conn:
+        with conn.cursor().copy(f"COPY product ({', '.join(columns)}) FROM STDIN") as copy:
+            for pid, src in todo:
+                row = dict(rows[src])
+                if pid != src:
+                    row["name"] = f"{row['name']} #{pid}"[:300]
+                row["id"] = pid
+                copy.write_row([row[c] for c in columns])
+        conn.execute("ANALYZE product")
     log(
         f"database rows in schema {schema}: {len(present):,} present, {len(todo):,} added "
         f"in {time.perf_counter() - t0:.1f}s"
