@@ -57,6 +57,8 @@ READ_ATTEMPTS = 50
 STALE_TEMP_S = 3600
 
 T = TypeVar("T")
+# Rows copied at once when parts are applied to the base.
+_APPLY_BLOCK = 65_536
 
 
 def _write_temp(folder: Path, name: str, write: Callable) -> Path:
@@ -426,7 +428,10 @@ def _apply(
     out_vectors = np.empty((len(out_ids), dim), dtype)
     out_keys = np.empty(len(out_ids), f"S{width}")
     for s in np.unique(source).tolist():
-        chosen = source == s
-        out_vectors[chosen] = np.asarray(vector_sources[s][row[chosen]])
+        chosen = np.flatnonzero(source == s)
         out_keys[chosen] = key_sources[s][row[chosen]]
+        # A block at a time: a catalogue-sized temporary would double the memory it takes.
+        for start in range(0, len(chosen), _APPLY_BLOCK):
+            at = chosen[start : start + _APPLY_BLOCK]
+            out_vectors[at] = np.asarray(vector_sources[s][row[at]])
     return out_ids, out_vectors, out_keys
