@@ -458,6 +458,14 @@ class HnswIndex(VectorIndex):
         self._index = faiss.read_index(str(folder / self._FILE), flags)
 
 
+def exact_for(kind: str, count: int) -> bool:
+    """Whether a catalogue of ``count`` products is searched exactly under the setting
+    ``kind`` (``NEIGHBOURS_INDEX``: exact, ann, or auto: exact below ``ANN_MIN_ROWS``)."""
+    if kind not in KINDS:
+        raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
+    return kind == "exact" or (kind == "auto" and count < ANN_MIN_ROWS)
+
+
 def make_index(
     dim: int, n_expected: int, kind: str = "auto", *, storage: str = "float32"
 ) -> VectorIndex:

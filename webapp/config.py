@@ -145,6 +145,10 @@ SETTINGS: list[Setting] = [
     Setting("SEARCH_RETENTION_MINUTES", 60, "SEARCH_RETENTION_MINUTES",
             "Uploaded query photos (and their results) are deleted after this many minutes; "
             "each search task removes expired ones, as does `flask search cleanup`."),
+    Setting("SIMILAR_MORE_TIMEOUT", 3.0, "SIMILAR_MORE_TIMEOUT",
+            "Seconds a product page waits for a worker to find similar products past the "
+            "cached list (a catalogue of 50,000 products or more, when the shopper's "
+            "preferences leave too few of the list); then it shows what the list gave."),
     Setting("SEARCH_WAIT_TIMEOUT", 10.0, "SEARCH_WAIT_TIMEOUT",
             "Seconds `GET /api/jobs/<id>?wait=1` and `POST /api/compare` wait for the worker "
             "before answering that the job is still running."),

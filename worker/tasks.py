@@ -21,6 +21,7 @@ from worker.jobs import (
     indexing,
     search_requests,
     shards,
+    similar,
     thresholds,
     tuning,
 )
@@ -143,6 +144,19 @@ def ml_update_product(product_id: int) -> dict[str, object]:
     """After a product is created, edited or deleted: its embedding and the lists it touches."""
     report = indexing.update_product(product_id)
     return {"product_id": product_id, "action": report.action, "rewritten": len(report.rewritten)}
+
+
+@shared_task(ignore_result=False, soft_time_limit=30, time_limit=40)
+def ml_similar_more(
+    model_id: str,
+    product_id: int,
+    prefs: dict | None,
+    exclude: list[int],
+    chosen: list[int],
+    missing: int,
+) -> list[list[float]]:
+    """Similar products past a product's cached list, for a large catalogue's product page."""
+    return similar.more_similar(model_id, product_id, prefs, exclude, chosen, missing)
 
 
 # A search takes well under a second once the model is loaded: past these limits (seconds)

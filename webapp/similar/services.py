@@ -5,17 +5,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from celery.exceptions import CeleryError
+from celery.exceptions import TimeoutError as CeleryTimeout
 from flask import current_app
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from ml.neighbours import query as nearest
 from ml.store import EmbeddingStore
+from ml.vector_index import exact_for
 from webapp import healing, registry
 from webapp.eligibility import Eligibility, eligible_clauses  # noqa: F401 (re-exported)
-from webapp.extensions import db
+from webapp.extensions import db, send_task
 from webapp.models import Product
 from webapp.preferences import Preferences
 from webapp.similar.selection import choose, reasons
@@ -94,7 +98,10 @@ def similar_products(
         return p is not None and p.id != product.id and eligibility.allows(p)
 
     def fallback(chosen: set[int], missing: int) -> list[tuple[int, float]]:
-        found = _filtered_search(model_id, product, eligibility, chosen, missing)
+        if exact_for(current_app.config["NEIGHBOURS_INDEX"], _served_count(cache, model_id)):
+            found = _filtered_search(model_id, product, eligibility, chosen, missing)
+        else:
+            found = _ask_worker(model_id, product, prefs, exclude, chosen, missing)
         if found:
             ids = [pid for pid, _ in found if pid not in rows]
             rows.update(
@@ -125,11 +132,49 @@ def _store(model_id: str) -> EmbeddingStore:
     return store
 
 
+def _served_count(cache: Any, model_id: str) -> int:
+    """How many products the model's lists cover (as the last build recorded)."""
+    try:
+        return int(cache.meta(model_id).get("count") or 0)
+    except (RedisError, ValueError):
+        return 0
+
+
+def _ask_worker(
+    model_id: str,
+    product: Product,
+    prefs: Preferences,
+    exclude: Collection[int],
+    chosen: set[int],
+    missing: int,
+) -> list[tuple[int, float]]:
+    """A large catalogue's search past the cached list, done by a worker, which holds the
+    catalogue's index (``worker.jobs.similar``); waited for ``SIMILAR_MORE_TIMEOUT``
+    seconds, after which the page shows what the list gave."""
+    try:
+        pending = send_task(
+            "worker.tasks.ml_similar_more",
+            args=(
+                model_id,
+                product.id,
+                prefs.to_session(),
+                sorted(exclude),
+                sorted(chosen),
+                missing,
+            ),
+        )
+        found = pending.get(timeout=current_app.config["SIMILAR_MORE_TIMEOUT"])
+    except (CeleryTimeout, CeleryError, RedisError, OSError) as exc:
+        logger.warning("more similar products for %s unavailable: %s", product.id, exc)
+        return []
+    return [(int(pid), float(score)) for pid, score in found]
+
+
 def _filtered_search(
     model_id: str, product: Product, eligibility: Eligibility, chosen: set[int], missing: int
 ) -> list[tuple[int, float]]:
-    """Exact search among eligible products not ``chosen`` yet: used when the cached K run
-    out."""
+    """Exact search among eligible products not ``chosen`` yet, in this process: used when
+    the cached K run out on a catalogue small enough to be searched exactly."""
     store = _store(model_id)
     ids, vectors = store.load()
     pos = store.positions([product.id])

@@ -20,7 +20,7 @@ from flask import current_app
 
 from ml.compact import build_index, save_index
 from ml.live_index import LiveIndex
-from ml.vector_index import ANN_MIN_ROWS
+from ml.vector_index import exact_for
 from webapp import registry
 
 logger = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ _indexes: dict[tuple[str, str], CatalogueIndex] = {}
 
 
 def _exact(count: int) -> bool:
-    kind = current_app.config["NEIGHBOURS_INDEX"]
-    return kind == "exact" or (kind == "auto" and count < ANN_MIN_ROWS)
+    return exact_for(current_app.config["NEIGHBOURS_INDEX"], count)
 
 
 def _saved_stamp(model_id: str) -> int | None:
