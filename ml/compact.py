@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.vector_index import ANN_MIN_ROWS, KINDS, VectorIndex, make_index
+from ml.vector_index import VectorIndex, exact_for, make_index
 
 _PROJECTION = "projection.npz"
 _COMPACT_META = "compact.json"
@@ -167,10 +167,8 @@ def build_index(
     """The catalogue's index: exact over the full vectors below ``ANN_MIN_ROWS`` rows (or
     ``kind="exact"``); otherwise an HNSW graph over rows projected to ``compact_dims``
     (0 keeps the full vectors), stored as ``storage`` (float32, float16 or sq8)."""
-    if kind not in KINDS:
-        raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
     n, dim = np.shape(vectors)
-    if kind == "exact" or (kind == "auto" and n < ANN_MIN_ROWS):
+    if exact_for(kind, n):
         index = make_index(dim, n, "exact")
         index.add(ids, vectors)
         return index

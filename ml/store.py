@@ -45,7 +45,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from ml.store_view import StoreView, read_deltas
+from ml.store_view import StoreView, positions, read_deltas
 
 MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,120}$")
 PART_RE = re.compile(r"^[0-9]+$")
@@ -272,7 +272,7 @@ class EmbeddingStore:
 
     def positions(self, product_ids: Iterable[int]) -> np.ndarray:
         """Row numbers of the given ids, -1 where an id is not stored."""
-        return _positions(self.ids(), product_ids)
+        return positions(self.ids(), product_ids)
 
     def get(self, product_ids: Iterable[int]) -> np.ndarray:
         """Vectors of the given ids (KeyError naming the first one missing); read row by row,
@@ -284,7 +284,7 @@ class EmbeddingStore:
         large catalogue, where ``keys_by_id`` reads them all)."""
         view = self.view()
         wanted = np.asarray(list(product_ids), np.int64)
-        pos = _positions(view.ids, wanted)
+        pos = positions(view.ids, wanted)
         return {
             int(pid): view.keys[p].decode()
             for pid, p in zip(wanted.tolist(), pos.tolist(), strict=True)
@@ -389,15 +389,6 @@ class EmbeddingStore:
                     tmp.unlink()
             except FileNotFoundError:
                 pass
-
-
-def _positions(ids: np.ndarray, product_ids: Iterable[int]) -> np.ndarray:
-    """Row numbers of the given ids in ascending ``ids``, -1 where an id is absent."""
-    wanted = np.asarray(list(product_ids), dtype=np.int64)
-    if len(ids) == 0:
-        return np.full(len(wanted), -1, np.int64)
-    pos = np.minimum(np.searchsorted(ids, wanted), len(ids) - 1)
-    return np.where(ids[pos] == wanted, pos, -1)
 
 
 def _apply(

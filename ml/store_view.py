@@ -62,8 +62,8 @@ class StoreView:
         listed = product_ids if isinstance(product_ids, np.ndarray) else list(product_ids)
         wanted = np.asarray(listed, np.int64).reshape(-1)
         out = np.empty((len(wanted), self.dim), np.float32)
-        here = _positions(self._written_ids, wanted)
-        there = _positions(self._base_ids, wanted)
+        here = positions(self._written_ids, wanted)
+        there = positions(self._base_ids, wanted)
         there[here >= 0] = -1
         absent = ~np.isin(wanted, self.ids)  # a base row a part deleted is not stored
         if absent.any():
@@ -96,8 +96,10 @@ def _read_rows(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Row numbers of ``wanted`` in ascending ``ids``, -1 where absent."""
+def positions(ids: np.ndarray, product_ids: Iterable[int]) -> np.ndarray:
+    """Row numbers of the given ids in ascending ``ids``, -1 where an id is absent."""
+    listed = product_ids if isinstance(product_ids, np.ndarray) else list(product_ids)
+    wanted = np.asarray(listed, np.int64).reshape(-1)
     if len(ids) == 0:
         return np.full(len(wanted), -1, np.int64)
     pos = np.minimum(np.searchsorted(ids, wanted), len(ids) - 1)

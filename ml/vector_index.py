@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ml.neighbours import all_neighbours, top_k_rows
+from ml.neighbours import top_k_rows
 
 ANN_MIN_ROWS = 50_000
 KINDS = ("auto", "exact", "ann")
@@ -471,49 +471,19 @@ def make_index(
 ) -> VectorIndex:
     """An empty index for about ``n_expected`` rows: exact below ``ANN_MIN_ROWS`` (or when
     ``kind="exact"``), the HNSW graph from there on (or when ``kind="ann"``)."""
-    if kind not in KINDS:
-        raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
-    if kind == "auto":
-        kind = "exact" if n_expected < ANN_MIN_ROWS else "ann"
-    if kind == "exact":
+    if exact_for(kind, n_expected):
         return ExactIndex(dim, storage)
     return HnswIndex(dim, storage)
 
 
-def neighbour_lists(
-    vectors: np.ndarray,
-    k: int,
-    kind: str = "auto",
-    *,
-    block: int = 4096,
-    progress: Callable[[int, int], None] | None = None,
+def nearest_others(
+    index: Any, product_ids: np.ndarray, vectors: np.ndarray, kk: int, **options: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's k nearest other rows by cosine, as ``ml.neighbours.all_neighbours`` gives
-    them (row positions int32 [n, k'] and scores float32, k' = min(k, n - 1), best first, a
-    row never its own neighbour): exactly below ``ANN_MIN_ROWS`` rows (or ``kind="exact"``),
-    through the HNSW graph from there on (or ``kind="ann"``)."""
-    if kind not in KINDS:
-        raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
-    vectors = np.ascontiguousarray(vectors, np.float32)
-    n = len(vectors)
-    if kind == "exact" or (kind == "auto" and n < ANN_MIN_ROWS) or n < 2:
-        return all_neighbours(vectors, k, progress=progress)
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be an integer of at least 1, got {k!r}")
-    kk = min(int(k), n - 1)
-    index = make_index(vectors.shape[1], n, "ann")
-    index.add(np.arange(n), vectors)
-    out_idx = np.empty((n, kk), np.int32)
-    out_scores = np.empty((n, kk), np.float32)
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        ids, scores = index.query(vectors[start:stop], kk + 1)
-        # The row itself (usually first) moves to the end and is cut; a row the graph did not
-        # return itself for loses its (k+1)-th neighbour instead.
-        own = ids == np.arange(start, stop)[:, None]
-        order = np.argsort(own, axis=1, kind="stable")[:, :kk]
-        out_idx[start:stop] = np.take_along_axis(ids, order, axis=1)
-        out_scores[start:stop] = np.take_along_axis(scores, order, axis=1)
-        if progress:
-            progress(stop, n)
-    return out_idx, out_scores
+    """Each product's ``kk`` nearest other products in ``index`` (ids, scores), best first:
+    ``kk + 1`` are asked for (``options`` go to the index's ``query``) and the product itself
+    is dropped (usually the first; when the index does not return it, the last one goes
+    instead)."""
+    found, scores = index.query(vectors, kk + 1, **options)
+    own = found == np.asarray(product_ids)[:, None]
+    order = np.argsort(own, axis=1, kind="stable")[:, :kk]
+    return np.take_along_axis(found, order, axis=1), np.take_along_axis(scores, order, axis=1)

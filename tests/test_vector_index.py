@@ -12,8 +12,9 @@ from ml.vector_index import (
     ExactIndex,
     HnswIndex,
     VectorIndex,
+    exact_for,
     make_index,
-    neighbour_lists,
+    nearest_others,
 )
 
 DIM = 32
@@ -276,25 +277,28 @@ def test_sq8_needs_a_real_first_add(data):
         build("ann", ids[:10], vectors[:10], storage="sq8")
 
 
-def test_neighbour_lists_through_the_graph_match_exact_lists():
+def test_nearest_others_through_the_graph_match_exact_lists():
+    """The lists a build writes (``nearest_others`` over the index, block by block): never
+    the product itself, best first, and the exact lists' neighbours at recall >= 0.95."""
     rng = np.random.default_rng(3)
     centres = rng.standard_normal((40, 32))
     vectors = centres[rng.integers(0, 40, 3000)] + 0.35 * rng.standard_normal((3000, 32))
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-    exact_idx, exact_scores = all_neighbours(vectors, 10)
-    seen = []
-    idx, scores = neighbour_lists(
-        vectors, 10, "ann", block=700, progress=lambda d, n: seen.append(d)
-    )
-    assert idx.shape == exact_idx.shape == (3000, 10) and idx.dtype == np.int32
-    assert seen[-1] == 3000
-    assert not (idx == np.arange(3000)[:, None]).any()  # never its own neighbour
+    exact_idx, _ = all_neighbours(vectors, 10)
+    ids = np.arange(3000) * 3 + 5  # ids are not row numbers
+    index = make_index(32, 3000, "ann")
+    index.add(ids, vectors)
+    blocks = [nearest_others(index, ids[s : s + 700], vectors[s : s + 700], 10)
+              for s in range(0, 3000, 700)]  # fmt: skip
+    found = np.concatenate([b[0] for b in blocks])
+    scores = np.concatenate([b[1] for b in blocks])
+    assert found.shape == exact_idx.shape == (3000, 10)
+    assert not (found == ids[:, None]).any()  # never its own neighbour
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx, exact_idx, strict=True)])
+    truth = ids[exact_idx]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
     assert recall >= 0.95
-    # The exact kind is the all-pairs build itself; auto is exact at this size.
-    for kind in ("exact", "auto"):
-        same_idx, same_scores = neighbour_lists(vectors, 10, kind)
-        assert np.array_equal(same_idx, exact_idx) and np.array_equal(same_scores, exact_scores)
+    assert exact_for("auto", 3000) and exact_for("exact", 10**6) and not exact_for("ann", 10)
+    assert not exact_for("auto", ANN_MIN_ROWS)
     with pytest.raises(ValueError, match="index kind"):
-        neighbour_lists(vectors, 10, "lsh")
+        exact_for("lsh", 10)

@@ -41,6 +41,7 @@ from redis.exceptions import LockError
 from ml.cache import NeighbourCache
 from ml.compact import load_index
 from ml.neighbours import top_k_rows
+from ml.vector_index import nearest_others
 from webapp.registry import index_folder, neighbour_cache, store_for
 from worker.jobs.upkeep import Progress, kth_scores
 
@@ -228,18 +229,6 @@ def _renewer(lease) -> Callable[[], None]:
             logger.warning("a shard lease expired while its shard was computed: %s", lease.name)
 
     return renew
-
-
-def nearest_others(
-    index, product_ids: np.ndarray, vectors: np.ndarray, kk: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each product's ``kk`` nearest other products in ``index`` (ids, scores), best first:
-    ``kk + 1`` are asked for and the product itself is dropped (usually the first; when the
-    index does not return it, the last one goes instead)."""
-    found, scores = index.query(vectors, kk + 1)
-    own = found == np.asarray(product_ids)[:, None]
-    order = np.argsort(own, axis=1, kind="stable")[:, :kk]
-    return np.take_along_axis(found, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 def exact_others(vectors: np.ndarray, at: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:

@@ -42,6 +42,7 @@ from sqlalchemy import select
 from ml.cache import NeighbourCache
 from ml.neighbours import top_k_rows
 from ml.store import EmbeddingStore
+from ml.vector_index import nearest_others
 from webapp.extensions import db
 from webapp.media import image_file
 from webapp.models import Product
@@ -349,11 +350,7 @@ def _rewrite_lists_indexed(
     for start in range(0, len(rows) if kk > 0 else 0, BLOCK):
         renew()
         block = rows[start : start + BLOCK]
-        near, scores = live.query(store.get(ids[block]), kk + 1, full=False)
-        own = near == ids[block][:, None]
-        order = np.argsort(own, axis=1, kind="stable")[:, :kk]  # the product itself goes last
-        near = np.take_along_axis(near, order, axis=1)
-        scores = np.take_along_axis(scores, order, axis=1)
+        near, scores = nearest_others(live, ids[block], store.get(ids[block]), kk, full=False)
         cache.write_lists(model_id, ids[block], near, scores)
         kth[block] = kth_scores(scores, k)
     report.rewritten = ids[rows].tolist() if kk > 0 else []
