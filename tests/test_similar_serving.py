@@ -67,6 +67,39 @@ def test_disliked_colour_and_gender_apply_while_choosing(catalogue):
     assert all(p.gender == "Women" and p.base_colour not in {"Red", "Blue", "Green"} for p in rows)
 
 
+def test_rows_are_read_a_window_at_a_time(catalogue):
+    """A page reads about 2n rows of its cached list, more only as preferences empty them."""
+    app, model_id, _ = catalogue
+    from sqlalchemy import event
+
+    from webapp.similar.services import _row_loader
+
+    with app.app_context():
+        ids = [int(pid) for pid in registry.neighbour_cache().get_list(model_id, 1000)[0]]
+        assert len(ids) == 5
+        batches: list[int] = []
+
+        def record(conn, cursor, statement, parameters, context, executemany):
+            if "FROM product" in statement:
+                batches.append(len(parameters))
+
+        rows: dict[int, Product] = {}
+        load_through = _row_loader(ids, rows, n=1)
+        event.listen(db.engine, "before_cursor_execute", record)
+        try:
+            load_through(ids[0])
+            assert set(rows) == set(ids[:2])  # the first window: 2n rows
+            load_through(ids[1])
+            load_through(99999)  # not in the list: nothing to read
+            assert len(batches) == 1
+            load_through(ids[2])  # the next window doubles
+            assert set(rows) == set(ids[:4]) and len(batches) == 2
+            load_through(ids[4])
+            assert set(rows) == set(ids) and len(batches) == 3
+        finally:
+            event.remove(db.engine, "before_cursor_execute", record)
+
+
 def test_inactive_out_of_stock_and_self_never_shown(catalogue):
     app, _, _ = catalogue
     client = app.test_client()

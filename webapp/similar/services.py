@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,13 +87,11 @@ def similar_products(
         [] if cached is None else list(zip(cached[0].tolist(), cached[1].tolist(), strict=True))
     )
     rows: dict[int, Product] = {}
-    if ranked:
-        ids = [pid for pid, _ in ranked]
-        rows = {p.id: p for p in db.session.scalars(select(Product).where(Product.id.in_(ids)))}
-
+    load_through = _row_loader([pid for pid, _ in ranked], rows, n)
     eligibility = Eligibility.of(prefs, exclude=exclude)
 
     def is_eligible(pid: int) -> bool:
+        load_through(pid)
         p = rows.get(pid)
         return p is not None and p.id != product.id and eligibility.allows(p)
 
@@ -120,6 +118,28 @@ def similar_products(
         )
     items = [SimilarItem(rows[pid], score, reasons(product, rows[pid])) for pid, score in chosen]
     return SimilarResult("ok", items, model_id=model_id)
+
+
+def _row_loader(ids: list[int], rows: dict[int, Product], n: int) -> Callable[[int], None]:
+    """Loads the rows of a ranked list into ``rows`` a window at a time, as choosing reaches
+    them: a page showing n products reads about 2n rows, not the whole cached list (on a large
+    catalogue every row is a random read); a window that preferences empty doubles the next."""
+    position = {pid: i for i, pid in enumerate(ids)}
+    loaded = 0
+
+    def load_through(pid: int) -> None:
+        nonlocal loaded
+        i = position.get(pid)
+        if i is None or i < loaded:
+            return
+        end = min(len(ids), max(i + 1, loaded + max(2 * n, loaded)))
+        window = ids[loaded:end]
+        rows.update(
+            {p.id: p for p in db.session.scalars(select(Product).where(Product.id.in_(window)))}
+        )
+        loaded = end
+
+    return load_through
 
 
 def _store(model_id: str) -> EmbeddingStore:
