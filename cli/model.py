@@ -136,6 +136,14 @@ def check_backbone_command() -> None:
     "print both side by side; made here (seeded by --seed), or read from DIR/images/<id>.jpg "
     "(bench/make_wild_queries.py writes such a folder).",
 )
+@click.option(
+    "--protocol",
+    type=click.Choice(evaluation.PROTOCOLS),
+    help="A published split instead of --split's draw: year-split trains what the shop "
+    "trains on the products of even years and searches those of odd years as uploaded "
+    "photos; it prints top-1 articleType on the 20 most common types beside the published "
+    "figures.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the --split draw.")
 @click.option(
     "--compact",
@@ -193,6 +201,7 @@ def evaluate_command(
     queries: str | None,
     split: float | None,
     wild: str | None,
+    protocol: str | None,
     seed: int,
     compact: int,
     k: int,
@@ -211,6 +220,8 @@ def evaluate_command(
         raise click.UsageError("--queries and --split are two kinds of query set: pick one")
     if wild and not split:
         raise click.UsageError("--wild photographs the products --split holds out: add --split")
+    if protocol and (split or queries):
+        raise click.UsageError("--protocol is a query set of its own: drop --split/--queries")
     try:
         model_id, network = evaluation.resolve_model_and_network(model)
         default = ("plain", "tuned") if network else ("plain",)
@@ -231,6 +242,7 @@ def evaluate_command(
             retrain=retrain,
             wild=wild,
             compact=compact,
+            protocol=protocol,
         )
         result = evaluation.run(opts, say=_note)
     except evaluation.EvaluationError as exc:

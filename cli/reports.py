@@ -61,6 +61,32 @@ def format_result(result: dict[str, Any]) -> list[str]:
         ]
         lines += _table_lines(model["table"], reference)
         lines += _measure_lines(model)
+    if result.get("protocol"):
+        lines += _protocol_lines(result["protocol"], result["models"])
+    return lines
+
+
+def _protocol_lines(protocol: dict[str, Any], models: list[dict[str, Any]]) -> list[str]:
+    """The published protocol's figure (top-1 articleType on the most common types) of each
+    classifier, beside the published ones."""
+    top = len(protocol["top_types"])
+    key = f"articleType (top {top} types)"
+    lines = [
+        "",
+        f"Protocol {protocol['name']}: trained on {protocol['kept']} products of even years, "
+        f"tested on {protocol['held']} of odd years; top-1 articleType, %:",
+        f"  {'classifier':<58}{f'top {top} types':>14}{'all types':>12}",
+    ]
+    for model in models:
+        for name, scores in (model.get("classifier") or {}).items():
+            if key in scores:
+                label = f"[{model['name']}] {name}"
+                lines.append(
+                    f"  {label:<58}{_pct(scores[key]):>14}{_pct(scores['articleType']):>12}"
+                )
+    for name, value in protocol["published"].items():
+        lines.append(f"  {name:<58}{_pct(value):>14}{'':>12}")
+    lines.append(f"  top {top} types: {', '.join(protocol['top_types'])}")
     return lines
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from . import metrics, search_levels
 from .heads import Prediction as HeadPrediction
 from .heads import decode_type
+from .labels import TYPE_SEPARATOR
 from .neighbours import top_k_rows
 from .search_levels import ArrayCandidates, Groups, Prediction, SearchPolicy
 
@@ -253,9 +254,12 @@ def score_rankings(
     }
 
 
-def classifier_scores(truth: Labels, predictions: Sequence[Prediction]) -> dict[str, float]:
+def classifier_scores(
+    truth: Labels, predictions: Sequence[Prediction], top_types: Sequence[str] = ()
+) -> dict[str, float]:
     """Accuracy of each head against the queries' true labels (subCategory, gender +
-    articleType, baseColour)."""
+    articleType, baseColour), and articleType alone as the gender + articleType head names
+    it; with ``top_types``, articleType also on the queries of those types only."""
     out = {}
     for head, field in (
         ("sub", "subCategory"),
@@ -268,6 +272,14 @@ def classifier_scores(truth: Labels, predictions: Sequence[Prediction]) -> dict[
         if all(v is None for v in pred):
             continue
         out[field] = metrics.classifier_accuracy(truth.feature(field), pred)
+        if head == "type":
+            article = np.asarray([v and v.split(TYPE_SEPARATOR, 1)[-1] for v in pred], object)
+            out["articleType"] = metrics.classifier_accuracy(truth.article_type, article)
+            if top_types:
+                mask = np.isin(truth.article_type.astype(str), np.asarray(top_types, str))
+                out[f"articleType (top {len(top_types)} types)"] = metrics.classifier_accuracy(
+                    truth.article_type[mask], article[mask]
+                )
     return out
 
 

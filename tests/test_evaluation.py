@@ -224,7 +224,13 @@ def test_classifier_scores_per_head():
         ev.Prediction(type=("Men|Shirts", 0.9), sub=("Bottomwear", 0.9)),
     ]
     # type right once of two, sub right twice
-    assert ev.classifier_scores(truth, preds) == {"subCategory": 1.0, "gender+articleType": 0.5}
+    assert ev.classifier_scores(truth, preds) == {
+        "subCategory": 1.0,
+        "gender+articleType": 0.5,
+        "articleType": 0.5,  # the article part of the gender + articleType answer
+    }
+    only_shirts = ev.classifier_scores(truth, preds, top_types=["Shirts"])
+    assert only_shirts["articleType (top 1 types)"] == 1.0
 
 
 def test_latency_summary():

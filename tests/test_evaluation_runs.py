@@ -231,3 +231,36 @@ def test_wild_needs_a_split(labelled):
     app, _ = labelled
     result = app.test_cli_runner().invoke(args=["model", "evaluate", "--wild"])
     assert result.exit_code != 0 and "--split" in result.output
+
+
+def test_year_split_protocol_trains_on_even_years_and_asks_the_odd_ones(labelled, tmp_path):
+    app, _ = labelled
+    from webapp.extensions import db
+    from webapp.models import Product
+
+    with app.app_context():
+        for i in range(48):  # every type and colour in both halves; one product has no year
+            product = db.session.get(Product, 2000 + i)
+            product.year = None if i == 47 else (2013 if (i // 2) % 4 == 3 else 2012)
+        db.session.commit()
+    out = tmp_path / "protocol.json"
+    result = app.test_cli_runner().invoke(
+        args=["model", "evaluate", "--protocol", "year-split", "--head", "plain",
+              "--head", "tuned", "--k", "5", "--latency-sample", "0", "--json", str(out)]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["protocol"]["kept"] == 36 and data["protocol"]["held"] == 11
+    assert sorted(data["protocol"]["top_types"]) == ["Jeans", "Shirts"]
+    assert "--protocol year-split" in data["command"]
+    for model in data["models"]:
+        assert model["queries"] == 11 and model["index"] == 36
+        for scores in model["classifier"].values():
+            assert 0 <= scores["articleType (top 2 types)"] <= 1
+            assert scores["articleType (top 2 types)"] == scores["articleType"]  # only 2 types
+    assert "Protocol year-split: trained on 36 products of even years" in result.output
+    assert "82.08" in result.output and "87.01" in result.output
+    mixed = app.test_cli_runner().invoke(
+        args=["model", "evaluate", "--protocol", "year-split", "--split", "0.2"]
+    )
+    assert mixed.exit_code != 0 and "--protocol" in mixed.output

@@ -14,13 +14,20 @@ Entry points: ``resolve_model_and_network(name)``, ``Options``, ``run(opts, say)
 from __future__ import annotations
 
 from worker.jobs.evaluation.catalogue import resolve_model_and_network
-from worker.jobs.evaluation.options import HEAD_DESCRIPTIONS, HEADS, EvaluationError, Options
+from worker.jobs.evaluation.options import (
+    HEAD_DESCRIPTIONS,
+    HEADS,
+    PROTOCOLS,
+    EvaluationError,
+    Options,
+)
 from worker.jobs.evaluation.report import save_result
 from worker.jobs.evaluation.runs import run
 
 __all__ = [
     "HEADS",
     "HEAD_DESCRIPTIONS",
+    "PROTOCOLS",
     "EvaluationError",
     "Options",
     "resolve_model_and_network",

@@ -36,6 +36,7 @@ class Catalogue:
     labels: ev.Labels
     photos: list[Path | None]
     keys: list[str]
+    years: np.ndarray  # int, -1 where unknown
 
 
 def default_model_id() -> str:
@@ -110,6 +111,7 @@ def load_catalogue(model_id: str) -> Catalogue:
                 Product.article_type,
                 Product.base_colour,
                 Product.sub_category,
+                Product.year,
                 Product.image_path,
                 Product.image_sha256,
             )
@@ -120,7 +122,7 @@ def load_catalogue(model_id: str) -> Catalogue:
     ids = ids[keep]
     vectors = np.ascontiguousarray(np.asarray(vectors)[keep], dtype=np.float32)
     media = current_app.config["MEDIA_FOLDER"]
-    records, photos, keys = [], [], []
+    records, photos, keys, years = [], [], [], []
     for pid in ids.tolist():
         r = rows[pid]
         records.append(
@@ -133,7 +135,9 @@ def load_catalogue(model_id: str) -> Catalogue:
         )
         photos.append(image_file(r.image_path, media))
         keys.append(registry.image_key(r.image_path, r.image_sha256))
-    return Catalogue(model_id, ids, vectors, ev.Labels.from_records(records), photos, keys)
+        years.append(-1 if r.year is None else int(r.year))
+    labels = ev.Labels.from_records(records)
+    return Catalogue(model_id, ids, vectors, labels, photos, keys, np.asarray(years, np.int64))
 
 
 def catalogue_rows(cat: Catalogue) -> tuning.CatalogueRows:

@@ -22,8 +22,11 @@ def command_line(opts: Options) -> str:
     """The command that reproduces a run."""
     words = ["flask --app wsgi model evaluate", f"--model {opts.network or opts.model_id}"]
     words += [f"--head {h}" for h in opts.heads]
+    held_out = bool(opts.split or opts.queries or opts.protocol)
     if opts.queries:
         words.append(f"--queries {opts.queries}")
+    elif opts.protocol:
+        words.append(f"--protocol {opts.protocol}")
     elif opts.split:
         words.append(f"--split {opts.split:g} --seed {opts.seed}")
         if opts.wild:
@@ -36,7 +39,7 @@ def command_line(opts: Options) -> str:
         words.append(f"--colour-weight {opts.colour_weight:g}")
     if opts.classifier != "heads":
         words.append(f"--classifier {opts.classifier}")
-    if opts.split or opts.queries:  # leave-one-out ranks product pages: no photo-search rules
+    if held_out:  # leave-one-out ranks product pages: no photo-search rules
         words.append("--colour-first" if colour_first(opts) else "--no-colour-first")
     return " ".join(words)
 
@@ -54,7 +57,9 @@ def header(opts: Options, cat: Catalogue) -> dict[str, Any]:
         "options": {
             "k": opts.k,
             "heads": list(opts.heads),
-            "min_type_count": opts.min_type_count if not (opts.split or opts.queries) else None,
+            "min_type_count": (
+                None if opts.split or opts.queries or opts.protocol else opts.min_type_count
+            ),
             "split": opts.split,
             "seed": opts.seed,
             "queries": opts.queries,
@@ -63,6 +68,7 @@ def header(opts: Options, cat: Catalogue) -> dict[str, Any]:
             "colour_first": colour_first(opts),
             "network": opts.network,
             "wild": opts.wild,
+            "protocol": opts.protocol,
             "foreground": opts.foreground if opts.wild else None,
         },
         "reference": {"name": ev.REFERENCE_NAME, "table": ev.REFERENCE_TABLE},

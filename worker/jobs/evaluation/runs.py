@@ -4,6 +4,7 @@ held-out split and a query folder (photo searches)."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,15 @@ from worker.jobs.evaluation.catalogue import (
     load_catalogue,
     read_query_folder,
 )
-from worker.jobs.evaluation.options import HEAD_DESCRIPTIONS, EvaluationError, Options, Say
+from worker.jobs.evaluation.options import (
+    HEAD_DESCRIPTIONS,
+    PROTOCOL_TOP_TYPES,
+    PUBLISHED_TOP_TYPES,
+    YEAR_SPLIT,
+    EvaluationError,
+    Options,
+    Say,
+)
 from worker.jobs.evaluation.report import header
 from worker.jobs.evaluation.searches import PhotoQueries, photo_models, sample_photos
 from worker.jobs.evaluation.vectors import Queries, build_model
@@ -35,6 +44,8 @@ def run(opts: Options, say: Say | None = None) -> dict[str, Any]:
     colours = colour_descriptors(cat, say) if needs_colour else None
     if opts.queries:
         result = run_queries(cat, colours, opts, say)
+    elif opts.protocol == YEAR_SPLIT:
+        result = run_year_split(cat, colours, opts, say)
     elif opts.split:
         result = run_split(cat, colours, opts, say)
     else:
@@ -109,17 +120,6 @@ def run_split(
             f"Held out {len(held)} products ({opts.split:.0%} of each gender + articleType, "
             f"seed {opts.seed}): not indexed, not trained on; {len(kept)} kept."
         )
-    needs_heads = set(opts.heads) - {"tuned"}
-    headset = split_heads(cat, kept, retrain=opts.retrain, say=say) if needs_heads else None
-    queries = Queries(cat.vectors[held], None if colours is None else colours[held], rows=held)
-    photo_queries = PhotoQueries(
-        index_rows=kept,
-        queries=queries,
-        query_labels=cat.labels.take(held),
-        index_labels=cat.labels.take(kept),
-        headset=headset,
-        photos=sample_photos([cat.photos[i] for i in held], opts),
-    )
     result = {
         "kind": "held-out",
         "queries_from": (
@@ -133,11 +133,82 @@ def run_split(
             "kept": int(len(kept)),
             "held": int(len(held)),
         },
-        "models": photo_models(cat, colours, photo_queries, opts, say),
     }
+    photo_queries = held_out_queries(cat, colours, kept, held, opts, say)
+    result["models"] = photo_models(cat, colours, photo_queries, opts, say)
     if wild is not None:
         result["wild"] = run_wild(cat, colours, photo_queries, wild, opts, say)
     return result
+
+
+def run_year_split(
+    cat: Catalogue, colours: np.ndarray | None, opts: Options, say: Say | None
+) -> dict[str, Any]:
+    """The published protocol: everything the shop trains (tuned network, heads) trained on
+    the products of even years, the products of odd years searched as uploaded photos; the
+    articleType classifier scored on all of them and on the most common types."""
+    kept, held = year_split(cat.years)
+    if not len(kept) or not len(held):
+        raise EvaluationError(
+            "The year-split protocol needs products of both even and odd years: "
+            f"{len(kept)} even, {len(held)} odd."
+        )
+    counts = Counter(cat.labels.article_type[kept].tolist())
+    counts.pop(None, None)
+    top = tuple(t for t, _ in counts.most_common(PROTOCOL_TOP_TYPES))
+    if say:
+        say(
+            f"Year split: {len(kept)} products of even years indexed and trained on, "
+            f"{len(held)} of odd years searched ({len(cat.ids) - len(kept) - len(held)} "
+            f"without a year left out); the {len(top)} most common training types scored apart."
+        )
+    photo_queries = held_out_queries(cat, colours, kept, held, opts, say, top_types=top)
+    return {
+        "kind": "held-out",
+        "queries_from": (
+            f"{len(held)} catalogue products of odd years, the index and every trained part "
+            f"from the {len(kept)} of even years (--protocol {YEAR_SPLIT})"
+        ),
+        "protocol": {
+            "name": YEAR_SPLIT,
+            "kept": int(len(kept)),
+            "held": int(len(held)),
+            "top_types": list(top),
+            "published": PUBLISHED_TOP_TYPES,
+        },
+        "models": photo_models(cat, colours, photo_queries, opts, say),
+    }
+
+
+def year_split(years: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (even years, odd years); rows without a year are in neither."""
+    known = years >= 0
+    return np.flatnonzero(known & (years % 2 == 0)), np.flatnonzero(known & (years % 2 == 1))
+
+
+def held_out_queries(
+    cat: Catalogue,
+    colours: np.ndarray | None,
+    kept: np.ndarray,
+    held: np.ndarray,
+    opts: Options,
+    say: Say | None,
+    top_types: tuple[str, ...] = (),
+) -> PhotoQueries:
+    """The held rows searched as uploaded photos against the kept rows, with heads trained
+    on the kept rows only."""
+    needs_heads = set(opts.heads) - {"tuned"}
+    headset = split_heads(cat, kept, retrain=opts.retrain, say=say) if needs_heads else None
+    queries = Queries(cat.vectors[held], None if colours is None else colours[held], rows=held)
+    return PhotoQueries(
+        index_rows=kept,
+        queries=queries,
+        query_labels=cat.labels.take(held),
+        index_labels=cat.labels.take(kept),
+        headset=headset,
+        photos=sample_photos([cat.photos[i] for i in held], opts),
+        top_types=top_types,
+    )
 
 
 def held_out(labels: ev.Labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

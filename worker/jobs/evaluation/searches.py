@@ -44,6 +44,7 @@ class PhotoQueries:
     index_labels: ev.Labels
     headset: HeadSet | None  # the photo-search heads (trained without the queries)
     photos: list[Path]  # the photos timed one by one
+    top_types: tuple[str, ...] = ()  # articleType accuracy also on these types alone
 
 
 @dataclass
@@ -138,7 +139,8 @@ def _photo_model(
             for key in ("table", "precision_at_k", "colour_match_at_k", "map_at_k")
         },
         "classifier": {
-            name: ev.classifier_scores(run.query_labels, answer) for name, answer in answers.items()
+            name: ev.classifier_scores(run.query_labels, answer, run.top_types)
+            for name, answer in answers.items()
         },
         "levels": {lvl: levels.count(lvl) for lvl in sorted(set(levels))},
         "latency": latency(cat, built, run, shared, opts),
