@@ -16,9 +16,12 @@ One table per N (``--n``), every figure from this run:
    compact vectors past 50,000 products; ties at the k-th cosine count as found), and,
    strictly, against exact search over the full vectors. Redis bytes per product: the mean
    ``MEMORY USAGE`` of 1,000 list keys plus the model's shared keys over N.
-4. A serving worker in its own process (``bench/scale_serving.py``): photo-search latency
-   in process over ``--queries`` real photos (decode, embed, rank and choose), its RSS after
-   them (``worker_rss_mb``), then an admin's new product and the update job's time
+4. A serving worker in its own process (``bench/scale_serving.py``), started after a first
+   process has exported the network to the inference runtime (once per model, as a shop's
+   first worker does; the exporting process itself carries the exporter's memory until it
+   restarts): photo-search latency in process over ``--queries`` real photos (decode, embed,
+   rank and choose), its RSS after them (``worker_rss_mb``; its own and mapped-file pages
+   printed apart), then an admin's new product and the update job's time
    (``upkeep_s``) with a check that its neighbours' lists took it in.
 5. gunicorn (2 workers) on the same database, Redis and model folder: product page p95
    over 200 random products, and the catalogue page p95 (``bench/bench_catalogue.
@@ -346,13 +349,14 @@ def main() -> None:
         how = f"estimated from the exact scan of {len(own):,} rows ({exact_s:.1f}s)"
     del full, vectors
 
-    serving = run_child(
-        [str(ROOT / "bench" / "scale_serving.py"), "--model-folder", model_folder,
-         "--model-id", model_id, "--source-model", catalogue["source_model"],
-         "--redis-url", args.redis_url, "--database-url", args.database_url,
-         "--photos", args.photos, "--queries", str(args.queries), "--seed", str(args.seed)],
-        "the serving worker",
-    )  # fmt: skip
+    serving_args = [
+        str(ROOT / "bench" / "scale_serving.py"), "--model-folder", model_folder,
+        "--model-id", model_id, "--source-model", catalogue["source_model"],
+        "--redis-url", args.redis_url, "--database-url", args.database_url,
+        "--photos", args.photos, "--queries", str(args.queries), "--seed", str(args.seed),
+    ]  # fmt: skip
+    run_child([*serving_args, "--prepare"], "the runtime export")
+    serving = run_child(serving_args, "the serving worker")
     product, catalogue_pages = serve_pages(args, model_folder, ids)
     load_end = os.getloadavg()
 
@@ -398,7 +402,9 @@ def print_table(args, result: dict, seen: dict) -> None:
          f"against exact over the full vectors {seen['r10_full']:.4f})"),
         ("recall_at_100", f"{seen['r100']:.4f}  (strict {seen['r100_strict']:.4f})"),
         ("worker_rss_mb", f"{result['worker_rss_mb']}  (serving worker after "
-         f"{serving['queries']} photo searches; build peak {builds[counts[0]]['rss_peak_mb']:.0f})"),
+         f"{serving['queries']} photo searches: its own {serving['worker_anon_mb']:.0f}, mapped "
+         f"files {serving['worker_file_mb']:.0f}; build peak "
+         f"{builds[counts[0]]['rss_peak_mb']:.0f})"),
         ("redis_bytes_per_product", f"{result['redis_bytes_per_product']}  (list key "
          f"{seen['per_list']:.0f} + shared keys {seen['shared'] / result['n']:.1f})"),
         ("search_p50_ms / p95", f"{result['search_p50_ms']} / {result['search_p95_ms']}  "

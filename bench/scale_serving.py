@@ -39,12 +39,17 @@ from ml.preprocess import load_image_reduced  # noqa: E402
 WARM_UP = 5
 
 
-def rss_mb() -> float:
-    """This process's resident memory now (VmRSS), in MB."""
+def memory_mb() -> dict[str, float]:
+    """This process's resident memory now, in MB: all of it (VmRSS), its own (RssAnon) and
+    the pages of mapped files (RssFile: the saved index and the model, which the page cache
+    shares with every process mapping them)."""
+    fields = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file"}
+    out = {}
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        key = line.split(":", 1)[0] + ":"
+        if key in fields:
+            out[fields[key]] = int(line.split()[1]) / 1024
+    return out
 
 
 class AsModel:
@@ -140,6 +145,12 @@ def main() -> None:
     parser.add_argument("--photos", required=True)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--prepare",
+        action="store_true",
+        help="only build the source backbone's runtime export (once per model, as a shop's "
+        "first worker does) and stop, so the measured worker starts as every later one does",
+    )
     args = parser.parse_args()
 
     from webapp import create_app
@@ -157,8 +168,15 @@ def main() -> None:
     chosen = [photos[i] for i in rng.choice(len(photos), args.queries + WARM_UP + 1, replace=False)]
     with app.app_context():
         backbone = backbone_for(args.source_model)
+        if args.prepare:
+            backbone.embed([load_image_reduced(chosen[0], backbone.input_size)])
+            print(json.dumps({"prepared": args.source_model}))
+            return
         result = search_latency(args.model_id, backbone, chosen[:-1])
-        result["worker_rss_mb"] = rss_mb()
+        memory = memory_mb()
+        result["worker_rss_mb"] = memory["rss"]
+        result["worker_anon_mb"] = memory["anon"]
+        result["worker_file_mb"] = memory["file"]
         result.update(upkeep(args.model_id, backbone, chosen[-1]))
     print(json.dumps(result))
 
