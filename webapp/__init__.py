@@ -130,6 +130,9 @@ def register_security_headers(app: Flask) -> None:
 def register_template_context(app: Flask) -> None:
     """Values every template can use."""
     from webapp.preferences import current_preferences
+    from webapp.urls import product_url
+
+    app.add_template_global(product_url)
 
     @app.context_processor
     def inject() -> dict[str, Any]:
