@@ -250,6 +250,7 @@ def test_year_split_protocol_trains_on_even_years_and_asks_the_odd_ones(labelled
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
+    assert data["kind"] == "year-split"  # kept apart from --split's runs on the Quality page
     assert data["protocol"]["kept"] == 36 and data["protocol"]["held"] == 11
     assert sorted(data["protocol"]["top_types"]) == ["Jeans", "Shirts"]
     assert "--protocol year-split" in data["command"]
@@ -260,6 +261,8 @@ def test_year_split_protocol_trains_on_even_years_and_asks_the_odd_ones(labelled
             assert scores["articleType (top 2 types)"] == scores["articleType"]  # only 2 types
     assert "Protocol year-split: trained on 36 products of even years" in result.output
     assert "82.08" in result.output and "87.01" in result.output
+    with app.app_context():
+        assert services.latest_results()["year-split"]["created_at"] == data["created_at"]
     mixed = app.test_cli_runner().invoke(
         args=["model", "evaluate", "--protocol", "year-split", "--split", "0.2"]
     )

@@ -19,7 +19,7 @@ from webapp.registry import store_for
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("leave-one-out", "held-out", "queries")
+KINDS = ("leave-one-out", "held-out", "queries", "year-split")
 # The offline measure of the "For you" feed (``flask model evaluate-feed``): simulated
 # shoppers rather than retrieval queries, so it is stored and shown apart from KINDS.
 FEED_KIND = "feed"

@@ -22,6 +22,8 @@ KIND_TITLES = {
     "leave-one-out": "Product pages (leave-one-out over the catalogue)",
     "held-out": "Photo search on held-out photos (--split)",
     "queries": "Photo search on a query folder (--queries)",
+    "year-split": "Photo search, the published protocol: even years trained on, odd years "
+    "searched (--protocol year-split)",
 }
 # Charts read left to right from strict to lenient.
 CHART_TOLERANCES = tuple(sorted(TOLERANCES))

@@ -164,7 +164,7 @@ def run_year_split(
         )
     photo_queries = held_out_queries(cat, colours, kept, held, opts, say, top_types=top)
     return {
-        "kind": "held-out",
+        "kind": YEAR_SPLIT,
         "queries_from": (
             f"{len(held)} catalogue products of odd years, the index and every trained part "
             f"from the {len(kept)} of even years (--protocol {YEAR_SPLIT})"
