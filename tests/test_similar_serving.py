@@ -68,11 +68,11 @@ def test_disliked_colour_and_gender_apply_while_choosing(catalogue):
 
 
 def test_rows_are_read_a_window_at_a_time(catalogue):
-    """A page reads about 2n rows of its cached list, more only as preferences empty them."""
+    """A page reads n + SPARE_ROWS rows of its cached list, more only as they run out."""
     app, model_id, _ = catalogue
     from sqlalchemy import event
 
-    from webapp.similar.services import _row_loader
+    from webapp.similar.services import SPARE_ROWS, _row_loader
 
     with app.app_context():
         ids = [int(pid) for pid in registry.neighbour_cache().get_list(model_id, 1000)[0]]
@@ -84,18 +84,18 @@ def test_rows_are_read_a_window_at_a_time(catalogue):
                 batches.append(len(parameters))
 
         rows: dict[int, Product] = {}
-        load_through = _row_loader(ids, rows, n=1)
+        load_through = _row_loader(ids, rows, n=1)  # windows of 3, then 3 (all read so far)
         event.listen(db.engine, "before_cursor_execute", record)
         try:
             load_through(ids[0])
-            assert set(rows) == set(ids[:2])  # the first window: 2n rows
-            load_through(ids[1])
+            assert set(rows) == set(ids[: 1 + SPARE_ROWS])  # the first window: n + spare
+            load_through(ids[2])
             load_through(99999)  # not in the list: nothing to read
             assert len(batches) == 1
-            load_through(ids[2])  # the next window doubles
-            assert set(rows) == set(ids[:4]) and len(batches) == 2
+            load_through(ids[3])  # the next window: as many as read so far (the list's end)
+            assert set(rows) == set(ids) and len(batches) == 2
             load_through(ids[4])
-            assert set(rows) == set(ids) and len(batches) == 3
+            assert len(batches) == 2
         finally:
             event.remove(db.engine, "before_cursor_execute", record)
 

@@ -27,6 +27,9 @@ from webapp.similar.selection import choose, reasons
 logger = logging.getLogger(__name__)
 
 MAX_N = 50
+# Rows read beyond the n a page shows in its first window (for the few products that turn
+# out inactive, out of stock or filtered out).
+SPARE_ROWS = 2
 
 # One store per model id and process: the memory map and its parsed deltas are reused.
 _stores: dict[tuple[str, str], EmbeddingStore] = {}
@@ -122,8 +125,9 @@ def similar_products(
 
 def _row_loader(ids: list[int], rows: dict[int, Product], n: int) -> Callable[[int], None]:
     """Loads the rows of a ranked list into ``rows`` a window at a time, as choosing reaches
-    them: a page showing n products reads about 2n rows, not the whole cached list (on a large
-    catalogue every row is a random read); a window that preferences empty doubles the next."""
+    them: a page showing n products reads n + SPARE_ROWS rows when nothing is filtered out, not
+    the whole cached list (on a large catalogue every row is a random read that may miss the
+    database's cache); each further window is as large as everything read so far."""
     position = {pid: i for i, pid in enumerate(ids)}
     loaded = 0
 
@@ -132,7 +136,7 @@ def _row_loader(ids: list[int], rows: dict[int, Product], n: int) -> Callable[[i
         i = position.get(pid)
         if i is None or i < loaded:
             return
-        end = min(len(ids), max(i + 1, loaded + max(2 * n, loaded)))
+        end = min(len(ids), max(i + 1, loaded + max(n + SPARE_ROWS, loaded)))
         window = ids[loaded:end]
         rows.update(
             {p.id: p for p in db.session.scalars(select(Product).where(Product.id.in_(window)))}
