@@ -20,7 +20,7 @@ import numpy as np
 from . import metrics, search_levels
 from .heads import Prediction as HeadPrediction
 from .heads import decode_type
-from .labels import TYPE_SEPARATOR
+from .labels import split_derived_type
 from .neighbours import top_k_rows
 from .search_levels import ArrayCandidates, Groups, Prediction, SearchPolicy
 
@@ -273,7 +273,7 @@ def classifier_scores(
             continue
         out[field] = metrics.classifier_accuracy(truth.feature(field), pred)
         if head == "type":
-            article = np.asarray([v and v.split(TYPE_SEPARATOR, 1)[-1] for v in pred], object)
+            article = np.asarray([v and split_derived_type(v)[1] for v in pred], object)
             out["articleType"] = metrics.classifier_accuracy(truth.article_type, article)
             if top_types:
                 mask = np.isin(truth.article_type.astype(str), np.asarray(top_types, str))

@@ -25,6 +25,12 @@ def derived_type(gender: str | None, article_type: str | None) -> str | None:
     return f"{gender}{TYPE_SEPARATOR}{article_type}"
 
 
+def split_derived_type(label: str) -> tuple[str, str]:
+    """(gender, article type) of a derived type label; ``("(other)", "")`` for OTHER."""
+    gender, _, article_type = label.partition(TYPE_SEPARATOR)
+    return gender, article_type
+
+
 def merge_rare(labels: Sequence[str | None], min_count: int) -> np.ndarray:
     """Labels as an object array, classes with fewer than ``min_count`` examples -> ``OTHER``.
 

@@ -35,7 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ml import metrics
-from ml.labels import OTHER, TYPE_SEPARATOR
+from ml.labels import OTHER, split_derived_type
 from ml.neighbours import top_k_rows
 
 # Candidates checked per round; past DIRECT_LIMIT a level's eligible rows are read at once
@@ -106,7 +106,7 @@ def plan_levels(
     plan: list[Level] = []
     if not all_categories:
         if policy.confident("type", prediction.type):
-            gender, _, article_type = prediction.type[0].partition(TYPE_SEPARATOR)
+            gender, article_type = split_derived_type(prediction.type[0])
             same_type = (("gender", gender), ("article_type", article_type))
             if policy.colour_first and policy.confident("colour", prediction.colour):
                 plan.append(Level("colour", (*same_type, ("base_colour", prediction.colour[0]))))

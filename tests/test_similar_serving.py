@@ -77,11 +77,11 @@ def test_rows_are_read_a_window_at_a_time(catalogue):
     with app.app_context():
         ids = [int(pid) for pid in registry.neighbour_cache().get_list(model_id, 1000)[0]]
         assert len(ids) == 5
-        batches: list[int] = []
+        batches: list[str] = []
 
         def record(conn, cursor, statement, parameters, context, executemany):
             if "FROM product" in statement:
-                batches.append(len(parameters))
+                batches.append(statement)
 
         rows: dict[int, Product] = {}
         load_through = _row_loader(ids, rows, n=1)  # windows of 3, then 3 (all read so far)

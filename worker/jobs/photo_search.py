@@ -33,7 +33,7 @@ from sqlalchemy import select
 from ml import foreground, search_levels
 from ml.compare_threshold import cosine_to_score
 from ml.heads import HeadSet
-from ml.labels import OTHER, TYPE_SEPARATOR
+from ml.labels import OTHER, split_derived_type
 from ml.preprocess import load_image_reduced
 from ml.search_levels import Level, Prediction, SearchPolicy
 from webapp import registry
@@ -346,7 +346,7 @@ def _prediction_list(prediction: Prediction, policy: SearchPolicy) -> list[dict[
             continue
         label, confidence = answer
         if head == "type":
-            gender, _, article_type = label.partition(TYPE_SEPARATOR)
+            gender, article_type = split_derived_type(label)
             pairs = [("gender", gender), ("article_type", article_type)]
             if label == OTHER:  # none of the common types: say so once, as the type
                 pairs = [("article_type", label)]

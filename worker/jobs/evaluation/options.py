@@ -62,6 +62,12 @@ class Options:
     compact: int = 0  # photo searches rank with vectors projected to this many dims (0: full)
     protocol: str | None = None  # PROTOCOLS: a published split instead of --split's draw
 
+    @property
+    def searches_photos(self) -> bool:
+        """Whether the queries are searched as uploaded photos (a split, a protocol or a
+        query folder), not ranked as product pages are (leave-one-out)."""
+        return bool(self.split or self.queries or self.protocol)
+
 
 def colour_first(opts: Options) -> bool:
     """Whether photo searches put the predicted colour first: the option, else the shop's."""

@@ -22,7 +22,6 @@ def command_line(opts: Options) -> str:
     """The command that reproduces a run."""
     words = ["flask --app wsgi model evaluate", f"--model {opts.network or opts.model_id}"]
     words += [f"--head {h}" for h in opts.heads]
-    held_out = bool(opts.split or opts.queries or opts.protocol)
     if opts.queries:
         words.append(f"--queries {opts.queries}")
     elif opts.protocol:
@@ -39,7 +38,7 @@ def command_line(opts: Options) -> str:
         words.append(f"--colour-weight {opts.colour_weight:g}")
     if opts.classifier != "heads":
         words.append(f"--classifier {opts.classifier}")
-    if held_out:  # leave-one-out ranks product pages: no photo-search rules
+    if opts.searches_photos:  # leave-one-out ranks product pages: no photo-search rules
         words.append("--colour-first" if colour_first(opts) else "--no-colour-first")
     return " ".join(words)
 
@@ -57,9 +56,7 @@ def header(opts: Options, cat: Catalogue) -> dict[str, Any]:
         "options": {
             "k": opts.k,
             "heads": list(opts.heads),
-            "min_type_count": (
-                None if opts.split or opts.queries or opts.protocol else opts.min_type_count
-            ),
+            "min_type_count": None if opts.searches_photos else opts.min_type_count,
             "split": opts.split,
             "seed": opts.seed,
             "queries": opts.queries,
