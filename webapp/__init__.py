@@ -17,6 +17,7 @@ from webapp import (
 )
 from webapp.extensions import celery_init_app, csrf, db, login_manager, migrate
 from webapp.request_body import ShopRequest
+from webapp.urls import product_url
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,6 @@ def register_security_headers(app: Flask) -> None:
 def register_template_context(app: Flask) -> None:
     """Values every template can use."""
     from webapp.preferences import current_preferences
-    from webapp.urls import product_url
 
     app.add_template_global(product_url)
 
