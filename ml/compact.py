@@ -17,14 +17,19 @@ is exact over full vectors (small catalogues: exact and cheap) or a graph over c
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ml.vector_index import VectorIndex, exact_for, make_index
+
+logger = logging.getLogger(__name__)
 
 _PROJECTION = "projection.npz"
 _COMPACT_META = "compact.json"
@@ -215,3 +220,43 @@ def load_index(folder: str | Path, *, mmap: bool = True) -> VectorIndex | Compac
     if not (folder / _COMPACT_META).exists():
         return inner
     return CompactIndex(Projection.load(folder / _PROJECTION), inner)
+
+
+# Bytes per read while reading a saved index ahead.
+_READ_AHEAD_CHUNK = 4 << 20
+
+
+def read_ahead(folder: str | Path) -> threading.Thread:
+    """Read the saved index's files through once, in a background thread, so that the
+    operating system caches them: a mapped graph whose pages are not cached is read from disk
+    a page at a time as searches reach them (at 1M products the first hundreds of searches
+    after a restart or a build took p95 380 ms instead of 26), while one sequential read of the
+    whole folder takes well under a second. The pages go to the shared page cache, not to the
+    process's own memory. Returns the started thread."""
+    thread = threading.Thread(
+        target=read_through, args=(Path(folder),), name="index-read-ahead", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def read_through(folder: Path) -> int | None:
+    """Read every file of ``folder`` once (see ``read_ahead``): the bytes read, or None when
+    the folder went away meanwhile (replaced by a newer build, which is read when loaded)."""
+    started, total = time.perf_counter(), 0
+    buffer = memoryview(bytearray(_READ_AHEAD_CHUNK))
+    try:
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            with path.open("rb", buffering=0) as f:
+                while read := f.readinto(buffer):
+                    total += read
+    except OSError as exc:
+        logger.info("reading the index in %s ahead stopped: %s", folder, exc)
+        return None
+    logger.info(
+        "read the index in %s ahead: %.0f MB in %.1fs",
+        folder,
+        total / 1e6,
+        time.perf_counter() - started,
+    )
+    return total

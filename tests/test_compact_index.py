@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.compact import CompactIndex, Projection, build_index, load_index, save_index
+from ml.compact import (
+    CompactIndex,
+    Projection,
+    build_index,
+    load_index,
+    read_ahead,
+    read_through,
+    save_index,
+)
 from ml.live_index import LiveIndex
 from ml.store import EmbeddingStore
 from ml.vector_index import ExactIndex, HnswIndex
@@ -76,6 +84,20 @@ def test_saved_compact_index_loads_mapped_and_answers_the_same(catalogue, tmp_pa
         loaded.add([1], vectors[:1])
     save_index(build_index(ids[:10], vectors[:10]), folder)  # replaced whole
     assert isinstance(load_index(folder), ExactIndex) and not list(tmp_path.glob(".index*"))
+
+
+def test_a_saved_index_is_read_through_ahead_of_its_searches(catalogue, tmp_path, caplog):
+    ids, vectors, _ = catalogue
+    folder = save_index(build_index(ids, vectors, "ann", compact_dims=16), tmp_path / "index")
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    assert read_through(folder) == size > N * 16 * 2  # every file, the graph's rows included
+    caplog.set_level("INFO", logger="ml.compact")
+    thread = read_ahead(folder)
+    thread.join(timeout=30)
+    assert not thread.is_alive() and thread.daemon
+    assert f"{size / 1e6:.0f} MB" in caplog.text
+    # replaced or removed by a newer build meanwhile: nothing read, nothing raised
+    assert read_through(tmp_path / "gone") is None
 
 
 def stored(tmp_path, ids, vectors) -> EmbeddingStore:

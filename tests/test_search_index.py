@@ -105,3 +105,25 @@ def test_photo_search_through_the_ann_index_gives_the_exact_products(shop, monke
     for result in women_found:
         assert len(result["items"]) == 24
         assert all(products[pid][0] == "Women" for pid in items(result))
+
+
+def test_a_saved_index_is_read_ahead_once_per_build(shop, monkeypatch):  # noqa: F811
+    """A worker mapping a saved graph reads its files through once (so the first searches
+    find its pages cached), and again only when a build saved a new one."""
+    app, _, _ = shop
+    read = []
+    monkeypatch.setattr(search_index, "read_ahead", read.append)
+    monkeypatch.setattr(search_index, "_indexes", {})
+    monkeypatch.setattr(search_index, "_read_ahead", {})
+    monkeypatch.setitem(app.config, "NEIGHBOURS_INDEX", "ann")
+    with app.app_context():
+        model_id = photo_search.served_model()
+        indexing.build_neighbours(model_id)
+        folder = search_index.registry.index_folder(model_id)
+        search_index.catalogue_index(model_id)
+        monkeypatch.setattr(search_index, "_indexes", {})  # mapped again: not read again
+        search_index.catalogue_index(model_id)
+        assert read == [folder]
+        indexing.build_neighbours(model_id, reuse_index=False)
+        search_index.catalogue_index(model_id)
+    assert read == [folder, folder]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from flask import current_app
 
-from ml.compact import build_index, save_index
+from ml.compact import build_index, read_ahead, save_index
 from ml.live_index import LiveIndex
 from ml.vector_index import exact_for
 from webapp import registry
@@ -60,6 +60,8 @@ _lock = threading.Lock()
 # Keyed by (model folder, model id).
 _stores: dict[tuple[str, str], Any] = {}
 _indexes: dict[tuple[str, str], CatalogueIndex] = {}
+# The saved index each model's files were last read ahead for (its stamp), per model folder.
+_read_ahead: dict[tuple[str, str], int | None] = {}
 
 
 def _exact(count: int) -> bool:
@@ -87,7 +89,14 @@ def _live(model_id: str, view: Any) -> LiveIndex:
             compact_dims=current_app.config["COMPACT_DIMS"],
         )
         save_index(index, folder, keys=(view.ids, view.keys))
-    return LiveIndex(folder, view)
+    live = LiveIndex(folder, view)
+    # Once per saved index and process (not on every admin save): the first searches then
+    # fault cached pages in, not disk pages.
+    key, stamp = (current_app.config["MODEL_FOLDER"], model_id), _saved_stamp(model_id)
+    if _read_ahead.get(key) != stamp:
+        _read_ahead[key] = stamp
+        read_ahead(folder)
+    return live
 
 
 def catalogue_index(model_id: str) -> CatalogueIndex:
