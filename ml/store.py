@@ -40,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -80,6 +81,31 @@ def _atomic_save(path: Path, write: Callable) -> None:
     """Write through ``write(fileobj)`` into a temporary file, fsync, then rename over path."""
     tmp = _write_temp(path.parent, path.name, write)
     try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _save_mapped(path: Path, merge: _Merge, dtype: np.dtype) -> None:
+    """Write the merged vectors as ``path`` (.npy) through a mapping of a temporary file,
+    fsynced, then renamed over it: the rows go from their sources to the page cache a block
+    at a time, so folding a million rows takes no catalogue-sized copy in memory."""
+    if not len(merge.ids) or not merge.dim:  # nothing to map: an empty store
+        empty = np.empty((len(merge.ids), merge.dim), dtype)
+        _atomic_save(path, lambda fh: np.save(fh, empty))
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        out = np.lib.format.open_memmap(tmp, "w+", dtype, (len(merge.ids), merge.dim))
+        merge.fill(out)
+        out.flush()
+        del out
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -355,14 +381,13 @@ class EmbeddingStore:
                 return
             # Only compaction switches the state or removes parts, and this one holds the
             # lock: what was noted above stays readable while it is folded.
-            ids, vectors, keys = self._read(state, parts)
-            vectors = np.ascontiguousarray(vectors, dtype=self.dtype)
+            merge = _merge(*self._load_base(state), read_deltas(parts))
             new_base = (state["base"] or 0) + 1
             folder = self.path / f"base-{new_base}"
             shutil.rmtree(folder, ignore_errors=True)  # leftovers of a compaction that crashed
-            _atomic_save(folder / "embeddings.npy", lambda fh: np.save(fh, vectors))
-            _atomic_save(folder / "ids.npy", lambda fh: np.save(fh, ids))
-            _atomic_save(folder / "keys.npy", lambda fh: np.save(fh, keys))
+            _save_mapped(folder / "embeddings.npy", merge, self.dtype)
+            _atomic_save(folder / "ids.npy", lambda fh: np.save(fh, merge.ids))
+            _atomic_save(folder / "keys.npy", lambda fh: np.save(fh, merge.keys))
             new_state = {"base": new_base, "folded_through": _number(parts[-1])}
             with self._locked(PARTS_LOCK):  # a writer numbers against one state or the other
                 _atomic_save(
@@ -391,14 +416,38 @@ class EmbeddingStore:
                 pass
 
 
-def _apply(
-    ids: np.ndarray, vectors: np.ndarray, keys: np.ndarray, deltas: list[dict[str, np.ndarray]]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Apply deltas in order (each: deletions, then upserts, which win over a deletion in the
-    same part) to the base rows; ids come back sorted.
+@dataclass
+class _Merge:
+    """Where each row of the base with deltas applied comes from: ``ids`` ascending, ``keys``,
+    and for each row its source (0 the base, n the n-th delta) and its row in that source."""
 
-    Every row is copied once, whatever the number of parts: a build of a large catalogue
-    leaves many parts of big rows (feature maps) to fold.
+    ids: np.ndarray
+    keys: np.ndarray
+    source: np.ndarray
+    row: np.ndarray
+    vector_sources: list[np.ndarray]
+    dim: int
+    dtype: np.dtype
+
+    def fill(self, out: np.ndarray) -> np.ndarray:
+        """Copy every row's vector into ``out`` [n, dim], a block at a time (a catalogue-sized
+        temporary would double the memory it takes)."""
+        for s in np.unique(self.source).tolist():
+            chosen = np.flatnonzero(self.source == s)
+            for start in range(0, len(chosen), _APPLY_BLOCK):
+                at = chosen[start : start + _APPLY_BLOCK]
+                out[at] = np.asarray(self.vector_sources[s][self.row[at]])
+        return out
+
+
+def _merge(
+    ids: np.ndarray, vectors: np.ndarray, keys: np.ndarray, deltas: list[dict[str, np.ndarray]]
+) -> _Merge:
+    """Apply deltas in order (each: deletions, then upserts, which win over a deletion in the
+    same part) to the base rows, without copying a vector yet; ids come back sorted.
+
+    Every row is copied once by ``fill``, whatever the number of parts: a build of a large
+    catalogue leaves many parts of big rows (feature maps) to fold.
     """
     where = {int(i): (0, r) for r, i in enumerate(ids.tolist())}
     vector_sources, key_sources = [vectors], [keys]
@@ -413,16 +462,26 @@ def _apply(
     source = np.fromiter((where[i][0] for i in out_ids.tolist()), np.int64, len(out_ids))
     row = np.fromiter((where[i][1] for i in out_ids.tolist()), np.int64, len(out_ids))
     filled = [v for v in vector_sources if v.size]
-    dim = filled[0].shape[1] if filled else 0
-    dtype = filled[-1].dtype if filled else vectors.dtype
     width = max((k.dtype.itemsize for k in key_sources if k.size), default=1)
-    out_vectors = np.empty((len(out_ids), dim), dtype)
     out_keys = np.empty(len(out_ids), f"S{width}")
     for s in np.unique(source).tolist():
         chosen = np.flatnonzero(source == s)
         out_keys[chosen] = key_sources[s][row[chosen]]
-        # A block at a time: a catalogue-sized temporary would double the memory it takes.
-        for start in range(0, len(chosen), _APPLY_BLOCK):
-            at = chosen[start : start + _APPLY_BLOCK]
-            out_vectors[at] = np.asarray(vector_sources[s][row[at]])
-    return out_ids, out_vectors, out_keys
+    return _Merge(
+        out_ids,
+        out_keys,
+        source,
+        row,
+        vector_sources,
+        filled[0].shape[1] if filled else 0,
+        np.dtype(filled[-1].dtype if filled else vectors.dtype),
+    )
+
+
+def _apply(
+    ids: np.ndarray, vectors: np.ndarray, keys: np.ndarray, deltas: list[dict[str, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The base rows with deltas applied (see ``_merge``), the vectors copied into memory."""
+    merge = _merge(ids, vectors, keys, deltas)
+    out_vectors = merge.fill(np.empty((len(merge.ids), merge.dim), merge.dtype))
+    return merge.ids, out_vectors, merge.keys

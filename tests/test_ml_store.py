@@ -65,6 +65,48 @@ def test_compaction_crash_leaves_store_readable(tmp_path, monkeypatch):
     assert EmbeddingStore(tmp_path, "m1").ids().tolist() == [1, 2, 3]
 
 
+def test_compaction_writes_rows_a_block_at_a_time_and_cleans_up_a_failed_write(
+    tmp_path, monkeypatch
+):
+    """The new base is filled through a file mapping a block of rows at a time (no copy of
+    the catalogue in memory); a failure halfway leaves no file behind and the store as it
+    was; a store whose every row was deleted compacts to an empty one."""
+    import ml.store as mod
+
+    monkeypatch.setattr(mod, "_APPLY_BLOCK", 3)
+    store = EmbeddingStore(tmp_path, "m1")
+    v = unit(10)
+    store.write_part(list(range(10)), v, keys=[f"k{i}" for i in range(10)])
+    store.compact()
+    store.write_part([4, 11], unit(2, seed=5), keys=["k4b", "k11"])
+    store.write_part(deleted=[0, 7])
+    expected_ids, expected = store.load()
+
+    def disk_full(self):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patched, pytest.raises(OSError, match="disk full"):
+        patched.setattr(np.memmap, "flush", disk_full)
+        store.compact()
+    folder = tmp_path / "m1"
+    assert not list(folder.rglob(".*.tmp"))
+    assert store.part_count() == 2
+    reopened = EmbeddingStore(tmp_path, "m1")
+    np.testing.assert_array_equal(reopened.load()[1], expected)
+
+    reopened.compact()
+    assert reopened.part_count() == 0
+    ids, vectors = EmbeddingStore(tmp_path, "m1").load()
+    assert ids.tolist() == expected_ids.tolist() == [1, 2, 3, 4, 5, 6, 8, 9, 11]
+    np.testing.assert_array_equal(vectors, expected)
+    assert isinstance(vectors, np.memmap)  # the new base is mapped, not read into memory
+
+    reopened.write_part(deleted=ids.tolist())
+    reopened.compact()
+    ids, vectors = EmbeddingStore(tmp_path, "m1").load()
+    assert len(ids) == 0 and len(vectors) == 0
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError):
         EmbeddingStore(tmp_path, "../escape")
