@@ -12,6 +12,9 @@ against a running shop and times each one (wall time of the whole HTTP request):
 A filter set seen for the first time in the run is a ``first`` visit (its facet counts are
 computed), a repeat is served from what the shop cached; both are reported.
 
+``--search WORD,WORD`` also times each search text (``measure_search``) on a first visit,
+with nothing cached, and on a repeat.
+
 Run as a script it starts gunicorn itself (2 workers, as the shop's stack does) on
 ``--database-url`` with a scratch Redis database (``--redis-url``, flushed first; never
 database 0), or measures ``--base-url`` as it is. ``--baseline-tree`` names a second source
@@ -21,6 +24,7 @@ Usage: PYTHONPATH=. .venv/bin/python bench/bench_catalogue.py
        --database-url postgresql+psycopg://postgres@127.0.0.1:5432/shop_scale
        [--redis-url redis://127.0.0.1:6379/12] [--n-requests 200] [--seed 0]
        [--base-url http://127.0.0.1:8000] [--baseline-tree /tmp/shop-before] [--json OUT]
+       [--search kurta,Puma,shirt]
 """
 
 from __future__ import annotations
@@ -252,11 +256,37 @@ def _flush_scratch_redis(redis_url: str) -> None:
     client.flushdb()
 
 
+def measure_search(base_url: str, words: list[str]) -> dict[str, Any]:
+    """Each search text of ``words`` on the catalogue page twice: the first visit computes
+    its matches and facet counts, the repeat is served from what the shop cached. Times in
+    ms per word, with the median and the largest of each."""
+    session = requests.Session()
+    rows = []
+    for word in words:
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            response = session.get(base_url.rstrip("/") + "/", params={"q": word}, timeout=120)
+            times.append(round((time.perf_counter() - start) * 1000, 1))
+            response.raise_for_status()
+        rows.append({"q": word, "first_ms": times[0], "repeat_ms": times[1]})
+    summary = {
+        f"{kind}_{stat}": round(float(fn([r[f"{kind}_ms"] for r in rows])), 1)
+        for kind in ("first", "repeat")
+        for stat, fn in (("p50_ms", np.median), ("max_ms", np.max))
+    }
+    return {"words": rows, **summary}
+
+
 def _serve_and_measure(tree: Path, env: dict, args: argparse.Namespace, log: Path) -> dict:
     server = Server(tree, env, log)
     try:
         _flush_scratch_redis(args.redis_url)  # after the start-up requests: nothing cached
-        return measure_catalogue(server.url, args.n_requests, args.seed)
+        result = measure_catalogue(server.url, args.n_requests, args.seed)
+        if args.search:
+            _flush_scratch_redis(args.redis_url)
+            result["search"] = measure_search(server.url, args.search.split(","))
+        return result
     finally:
         server.stop()
 
@@ -283,6 +313,10 @@ def main() -> None:
     parser.add_argument("--baseline-tree", help="a second source tree to serve for a ratio")
     parser.add_argument("--n-requests", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--search",
+        help="comma-separated search texts, each timed on a first and a repeat visit",
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -316,6 +350,18 @@ def main() -> None:
         if label in results:
             print(
                 f"{label}: first request (nothing cached) {results[label]['first_request_ms']} ms"
+            )
+    for label in ("baseline", "current"):
+        found = results.get(label, {}).get("search")
+        if found:
+            print(
+                f"{label} search, first visit: p50 {found['first_p50_ms']} / max "
+                f"{found['first_max_ms']} ms; repeat: p50 {found['repeat_p50_ms']} / max "
+                f"{found['repeat_max_ms']} ms  ("
+                + ", ".join(
+                    f"{w['q']} {w['first_ms']:.0f}/{w['repeat_ms']:.0f}" for w in found["words"]
+                )
+                + ")"
             )
     for ms, url in results["current"]["slowest"]:
         print(f"  slow: {ms:8.1f} ms  {url[:110]}")

@@ -218,3 +218,47 @@ def reference_counts(app, url: str) -> dict[str, dict[str, int]]:
             if found:
                 counts[key] = found
         return counts
+
+
+@pytest.mark.postgres
+def test_name_search_uses_the_trigram_index_on_postgres(tmp_path, postgres_database):
+    """The catalogue's search clause (a substring of the name, any case, wildcards in the
+    text taken literally) finds what the text says, and past a few pages of rows the database
+    answers a rare word through the trigram index (at a million products a millisecond
+    instead of a 0.4 s scan)."""
+    from sqlalchemy import func
+
+    app = _make_app(tmp_path, postgres_database)
+    names = ["Blue Denim Jacket", "navy denim jeans", "Red Kurta", "100% Cotton Tee", "100 Tees"]
+    filler = [f"Plain cotton shirt {i}" for i in range(3000)]
+    with app.app_context():
+        db.session.execute(
+            insert(Product),
+            [
+                {**PRODUCT_DEFAULTS, "id": i, "name": n}
+                for i, n in enumerate([*names, *filler], start=1)
+            ],
+        )
+        db.session.commit()
+        with db.engine.connect() as connection:  # as autovacuum would: statistics, and the
+            # index's list of rows added since it was built folded in
+            connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                "VACUUM ANALYZE product"
+            )
+
+        def found(q: str) -> set[int]:
+            stmt = select(Product.id).where(*services.search_clauses(q))
+            return set(db.session.scalars(stmt))
+
+        assert found("DENIM") == {1, 2}
+        assert found("100%") == {4}  # the % is a character here, not a wildcard
+        assert found("kurta") == {3}
+        stmt = select(func.count()).select_from(Product).where(*services.search_clauses("kurta"))
+        compiled = stmt.compile(db.engine)
+        with db.engine.connect() as connection:
+            plan = connection.exec_driver_sql(f"EXPLAIN {compiled}", compiled.params).scalars()
+            plan = "\n".join(plan)
+        assert "ix_product_name_trgm" in plan, plan
+        db.session.remove()
+        db.drop_all()
+        db.engine.dispose()
