@@ -269,3 +269,48 @@ def test_a_rebuild_from_the_same_rows_keeps_the_saved_index(sharded):
         sharded.config["COMPACT_DIMS"] = 8
         indexing.build_neighbours(MODEL_ID)
         assert saved.stat().st_mtime_ns != second
+
+
+def test_a_build_whose_process_died_goes_on_where_it_stopped(sharded, monkeypatch):
+    """The task of a build whose process died is delivered again: the new run takes up the
+    recorded build over the same saved index, computes only the shards left, and switches
+    pages once. A store that changed meanwhile makes a new build instead."""
+    real_work = shards.work
+
+    def dies_after_three_shards(cache, build, sources, progress=None):
+        for shard in range(3):
+            lease = shards.claim(cache, build, shard)
+            shards.compute_shard(cache, build, shard, sources, shards._renewer(lease))
+            shards._release(lease)
+        raise RuntimeError("the worker was lost")
+
+    with sharded.app_context():
+        cache = registry.neighbour_cache()
+        monkeypatch.setattr(shards, "work", dies_after_three_shards)
+        with pytest.raises(RuntimeError, match="worker was lost"):
+            indexing.build_neighbours(MODEL_ID)
+        first = shards.last_build(cache, MODEL_ID)
+        assert shards.done_shards(cache, first) == {0, 1, 2}
+        assert cache.active_model() is None
+
+        monkeypatch.setattr(shards, "work", real_work)
+        report = indexing.build_neighbours(MODEL_ID)
+        build = shards.last_build(cache, MODEL_ID)
+        assert build == first and report.activated
+        # every shard computed once: the three done before the crash were not redone
+        assert shards.attempts(cache, build) == dict.fromkeys(range(SHARDS), 1)
+        assert shards.record(cache, MODEL_ID)["activations"] == "1"
+        assert cache.meta(MODEL_ID)["complete"] == "1"
+        assert_same_lists(served(cache, range(100, 100 + N)), one_process_lists())
+
+        # A crash, then a new product before the task comes back: a build of its own.
+        monkeypatch.setattr(shards, "work", dies_after_three_shards)
+        with pytest.raises(RuntimeError):
+            indexing.build_neighbours(MODEL_ID)
+        crashed = shards.last_build(cache, MODEL_ID)
+        registry.store_for(MODEL_ID).write_part([500], unit_rows(1, DIM, seed=5), ["k500"])
+        monkeypatch.setattr(shards, "work", real_work)
+        indexing.build_neighbours(MODEL_ID)
+        rebuilt = shards.last_build(cache, MODEL_ID)
+        assert rebuilt.build_id != crashed.build_id and rebuilt.rows == N + 1
+        assert shards.attempts(cache, rebuilt) == dict.fromkeys(range(rebuilt.shards), 1)

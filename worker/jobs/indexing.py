@@ -168,12 +168,28 @@ def build_neighbours(
         progress(0, len(ids))  # the stage starts here, not when the first shard is done
     t0 = time.perf_counter()
     kind = cfg["NEIGHBOURS_INDEX"]
-    _save_index(model_id, (ids, vectors, keys), kind, int(cfg["COMPACT_DIMS"]), reuse_index)
+    built = _save_index(model_id, (ids, vectors, keys), kind, int(cfg["COMPACT_DIMS"]), reuse_index)
     with cache.writing(model_id):  # no incremental update writes a list until it is complete
         old_ids, old_kth = cache.read_index(model_id)
         # Incomplete while lists are rewritten, so a crash never leaves a "complete" mix.
         cache.write_index(model_id, old_ids, old_kth, k=k, complete=False)
-    build = shards.start(cache, model_id, len(ids), k, int(cfg["NEIGHBOURS_SHARD_ROWS"]))
+    shard_rows = int(cfg["NEIGHBOURS_SHARD_ROWS"])
+    # A build whose process died goes on where it stopped, over the same saved index.
+    build = (
+        None
+        if built
+        else shards.resumable(cache, model_id, len(ids), k, shard_rows, _index_saved_at(model_id))
+    )
+    if build is None:
+        build = shards.start(cache, model_id, len(ids), k, shard_rows)
+    else:
+        logger.info(
+            "resuming build %s of %s: %d of %d shards already done",
+            build.build_id,
+            model_id,
+            len(shards.done_shards(cache, build)),
+            build.shards,
+        )
     if build.shards > 1:
         shards.send(build)
     index = load_index(index_folder(model_id), mmap=True)
@@ -223,6 +239,12 @@ def _save_index(
     save_index(index, folder, keys=(ids, keys))
     stamp.write_text(json.dumps(settings))
     return True
+
+
+def _index_saved_at(model_id: str) -> float:
+    """When the model's saved index was written (seconds since the epoch): its settings
+    stamp is written right after it."""
+    return index_folder(model_id).with_name(INDEX_SETTINGS).stat().st_mtime
 
 
 def _saved_from(

@@ -132,6 +132,24 @@ def start(cache: NeighbourCache, model_id: str, rows: int, k: int, shard_rows: i
     return build
 
 
+def resumable(
+    cache: NeighbourCache, model_id: str, rows: int, k: int, shard_rows: int, index_saved_at: float
+) -> Build | None:
+    """The model's recorded build when it can go on where it stopped: unfinished (the
+    process that started it died, and its task was delivered again), over the same rows in
+    the same shards, and started after the saved index it computes from was written. Its
+    done shards keep their lists; the rest are computed."""
+    raw = record(cache, model_id)
+    build = last_build(cache, model_id)
+    if build is None or "finished_at" in raw:
+        return None
+    if (build.rows, build.k, build.shard_rows) != (int(rows), int(k), int(shard_rows)):
+        return None
+    if float(raw.get("started_at", 0)) < index_saved_at:
+        return None
+    return build
+
+
 def record(cache: NeighbourCache, model_id: str) -> dict[str, str]:
     """The fields of a model's recorded build (empty when there is none)."""
     raw = cache.r.hgetall(_record_key(cache, model_id))
