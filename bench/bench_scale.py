@@ -91,8 +91,9 @@ def build_child(model_folder: str, model_id: str, redis_url: str, index: str, pr
     from scale_serving import memory_mb
     from scale_workers import build_with_workers
 
-    # The peak of the process's own memory (RssAnon), sampled: ru_maxrss also counts the
-    # pages of the files it maps (the store it reads whole, the index it writes).
+    # The peak of the process's own memory (RssAnon), sampled every 0.2 s (so a lower bound:
+    # a shorter spike can be missed): ru_maxrss also counts the pages of the files it maps
+    # (the store it reads whole, the index it writes).
     own_peak, done = [0.0], threading.Event()
 
     def sample() -> None:
@@ -320,7 +321,8 @@ def main() -> None:
             f"  build with {processes} process(es): {built['build_s']:.1f}s (index "
             f"{built['index_s']:.1f}s, {built['shards']} shards {built['shards_s']:.1f}s, "
             f"Redis write {built['write_s']:.1f}s), peak RSS {built['rss_peak_mb']:.0f} MB "
-            f"(its own memory at most {built['own_peak_mb']:.0f} MB, the rest mapped files)"
+            f"(its own memory, sampled every 0.2 s, peaked at {built['own_peak_mb']:.0f} MB or a "
+            f"little more; the rest mapped files)"
         )
     first = builds[counts[0]]
 

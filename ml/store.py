@@ -89,8 +89,10 @@ def _atomic_save(path: Path, write: Callable) -> None:
 
 def _save_mapped(path: Path, merge: _Merge, dtype: np.dtype) -> None:
     """Write the merged vectors as ``path`` (.npy) through a mapping of a temporary file,
-    fsynced, then renamed over it: the rows go from their sources to the page cache a block
-    at a time, so folding a million rows takes no catalogue-sized copy in memory."""
+    fsynced, then renamed over it: the base's rows go from its mapping to the page cache a
+    block at a time, with no copy of the whole matrix in memory (the parts being folded are
+    read whole: they hold only what was written since the last compaction). The file's space
+    is reserved first, so a full disk is an error here, not a crash while rows are copied."""
     if not len(merge.ids) or not merge.dim:  # nothing to map: an empty store
         empty = np.empty((len(merge.ids), merge.dim), dtype)
         _atomic_save(path, lambda fh: np.save(fh, empty))
@@ -99,15 +101,19 @@ def _save_mapped(path: Path, merge: _Merge, dtype: np.dtype) -> None:
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
+    out = None
     try:
         out = np.lib.format.open_memmap(tmp, "w+", dtype, (len(merge.ids), merge.dim))
-        merge.fill(out)
-        out.flush()
-        del out
         with tmp.open("rb+") as fh:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fh.fileno(), 0, tmp.stat().st_size)
+            merge.fill(out)
+            out.flush()
             os.fsync(fh.fileno())
+        out = None  # unmapped before the rename
         os.replace(tmp, path)
     except BaseException:
+        out = None
         tmp.unlink(missing_ok=True)
         raise
 
@@ -430,8 +436,8 @@ class _Merge:
     dtype: np.dtype
 
     def fill(self, out: np.ndarray) -> np.ndarray:
-        """Copy every row's vector into ``out`` [n, dim], a block at a time (a catalogue-sized
-        temporary would double the memory it takes)."""
+        """Copy every row's vector into ``out`` [n, dim], a block of rows at a time (one
+        catalogue-sized temporary would double the memory it takes)."""
         for s in np.unique(self.source).tolist():
             chosen = np.flatnonzero(self.source == s)
             for start in range(0, len(chosen), _APPLY_BLOCK):

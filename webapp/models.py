@@ -139,8 +139,8 @@ class Product(db.Model):
         return f"<Product {self.id} {self.name!r}>"
 
 
-# The trigram index needs PostgreSQL's pg_trgm extension (a trusted one: the database's
-# owner may create it) before the table's indexes are created.
+# The trigram index needs PostgreSQL's pg_trgm extension (a trusted one from PostgreSQL 13 on:
+# a user who may create objects in the database may create it) before the table's indexes.
 event.listen(
     Product.__table__,
     "before_create",

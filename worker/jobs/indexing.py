@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 # Beside a model's saved index: the settings it was built with (written once it is saved).
 INDEX_SETTINGS = "index.settings.json"
+# Compactions a build runs before it reads the store, while saves keep adding parts.
+COMPACT_BEFORE_BUILD_TRIES = 3
 
 __all__ = [
     "BatchUpdateReport",
@@ -157,8 +159,12 @@ def build_neighbours(
     cache = neighbour_cache()
     store = store_for(model_id)
     # Parts folded into the base first: the build then maps every row from one file instead
-    # of copying the catalogue into memory to apply them (5 GB at a million products).
-    store.compact()
+    # of copying the catalogue into memory to apply them (5 GB at a million products). A
+    # save during a long compaction leaves a part again: folded too, a few times at most.
+    for _ in range(COMPACT_BEFORE_BUILD_TRIES):
+        store.compact()
+        if not store.part_count():
+            break
     ids, vectors, keys = store.load_with_keys()
     if len(ids) < 2:
         raise ValueError(

@@ -89,10 +89,12 @@ def _live(model_id: str, view: Any) -> LiveIndex:
             compact_dims=current_app.config["COMPACT_DIMS"],
         )
         save_index(index, folder, keys=(view.ids, view.keys))
+    # The stamp read before the folder is mapped: a build replacing it meanwhile makes the
+    # next search map (and read) the new one.
+    key, stamp = (current_app.config["MODEL_FOLDER"], model_id), _saved_stamp(model_id)
     live = LiveIndex(folder, view)
     # Once per saved index and process (not on every admin save): the first searches then
     # fault cached pages in, not disk pages.
-    key, stamp = (current_app.config["MODEL_FOLDER"], model_id), _saved_stamp(model_id)
     if _read_ahead.get(key) != stamp:
         _read_ahead[key] = stamp
         read_ahead(folder)
@@ -124,7 +126,9 @@ def catalogue_index(model_id: str) -> CatalogueIndex:
                 )
             else:
                 nearest = _live(model_id, view)
-                cached = CatalogueIndex(model_id, view.ids, nearest, (view, _saved_stamp(model_id)))
+                # the stamp read before mapping: a build saving a newer index meanwhile is
+                # mapped on the next search
+                cached = CatalogueIndex(model_id, view.ids, nearest, source)
             _indexes[key] = cached
             logger.info(
                 "photo search index for %s: %d products (%s)",
