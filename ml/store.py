@@ -425,11 +425,12 @@ class EmbeddingStore:
 @dataclass
 class _Merge:
     """Where each row of the base with deltas applied comes from: ``ids`` ascending, ``keys``,
-    and for each row its source (0 the base, n the n-th delta) and its row in that source."""
+    and per source (0 the base, n the n-th delta) the output rows it gives (``groups``) and
+    its rows that fill them (``row``, by output row)."""
 
     ids: np.ndarray
     keys: np.ndarray
-    source: np.ndarray
+    groups: list[tuple[int, np.ndarray]]
     row: np.ndarray
     vector_sources: list[np.ndarray]
     dim: int
@@ -438,8 +439,7 @@ class _Merge:
     def fill(self, out: np.ndarray) -> np.ndarray:
         """Copy every row's vector into ``out`` [n, dim], a block of rows at a time (one
         catalogue-sized temporary would double the memory it takes)."""
-        for s in np.unique(self.source).tolist():
-            chosen = np.flatnonzero(self.source == s)
+        for s, chosen in self.groups:
             for start in range(0, len(chosen), _APPLY_BLOCK):
                 at = chosen[start : start + _APPLY_BLOCK]
                 out[at] = np.asarray(self.vector_sources[s][self.row[at]])
@@ -470,13 +470,17 @@ def _merge(
     filled = [v for v in vector_sources if v.size]
     width = max((k.dtype.itemsize for k in key_sources if k.size), default=1)
     out_keys = np.empty(len(out_ids), f"S{width}")
-    for s in np.unique(source).tolist():
-        chosen = np.flatnonzero(source == s)
+    # Output rows grouped by source once (ascending within each): keys now, vectors in fill.
+    order = np.argsort(source, kind="stable")
+    sources, starts = np.unique(source[order], return_index=True)
+    chosen_by_source = np.split(order, starts[1:]) if len(order) else []
+    groups = list(zip(sources.tolist(), chosen_by_source, strict=True))
+    for s, chosen in groups:
         out_keys[chosen] = key_sources[s][row[chosen]]
     return _Merge(
         out_ids,
         out_keys,
-        source,
+        groups,
         row,
         vector_sources,
         filled[0].shape[1] if filled else 0,
