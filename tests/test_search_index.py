@@ -114,15 +114,17 @@ def test_a_saved_index_is_read_ahead_once_per_build(shop, monkeypatch):  # noqa:
     read = []
     monkeypatch.setattr(search_index, "read_ahead", read.append)
     monkeypatch.setattr(search_index, "_indexes", {})
-    monkeypatch.setattr(search_index, "_read_ahead", {})
     monkeypatch.setitem(app.config, "NEIGHBOURS_INDEX", "ann")
     with app.app_context():
         model_id = photo_search.served_model()
         indexing.build_neighbours(model_id)
         folder = search_index.registry.index_folder(model_id)
-        search_index.catalogue_index(model_id)
-        monkeypatch.setattr(search_index, "_indexes", {})  # mapped again: not read again
-        search_index.catalogue_index(model_id)
+        first = search_index.catalogue_index(model_id)
+        # An admin's save changes the store: the index is mapped again, not read again.
+        store = search_index.registry.store_for(model_id)
+        ids, vectors = store.load()
+        store.write_part([int(ids[0])], np.asarray(vectors[:1]), ["re-photographed"])
+        assert search_index.catalogue_index(model_id) is not first
         assert read == [folder]
         indexing.build_neighbours(model_id, reuse_index=False)
         search_index.catalogue_index(model_id)

@@ -60,8 +60,6 @@ _lock = threading.Lock()
 # Keyed by (model folder, model id).
 _stores: dict[tuple[str, str], Any] = {}
 _indexes: dict[tuple[str, str], CatalogueIndex] = {}
-# The saved index each model's files were last read ahead for (its stamp), per model folder.
-_read_ahead: dict[tuple[str, str], int | None] = {}
 
 
 def _exact(count: int) -> bool:
@@ -76,11 +74,11 @@ def _saved_stamp(model_id: str) -> int | None:
         return None
 
 
-def _live(model_id: str, view: Any) -> LiveIndex:
+def _live(model_id: str, view: Any, stamp: int | None) -> LiveIndex:
     """The saved index with the store's changes since; saved first if no build has (a store
     filled before its lists were built the sharded way), which takes a while once."""
     folder = registry.index_folder(model_id)
-    if _saved_stamp(model_id) is None:
+    if stamp is None:
         logger.warning("no saved index for %s: building it from %d products", model_id, len(view))
         index = build_index(
             view.ids,
@@ -89,16 +87,7 @@ def _live(model_id: str, view: Any) -> LiveIndex:
             compact_dims=current_app.config["COMPACT_DIMS"],
         )
         save_index(index, folder, keys=(view.ids, view.keys))
-    # The stamp read before the folder is mapped: a build replacing it meanwhile makes the
-    # next search map (and read) the new one.
-    key, stamp = (current_app.config["MODEL_FOLDER"], model_id), _saved_stamp(model_id)
-    live = LiveIndex(folder, view)
-    # Once per saved index and process (not on every admin save): the first searches then
-    # fault cached pages in, not disk pages.
-    if _read_ahead.get(key) != stamp:
-        _read_ahead[key] = stamp
-        read_ahead(folder)
-    return live
+    return LiveIndex(folder, view)
 
 
 def catalogue_index(model_id: str) -> CatalogueIndex:
@@ -125,9 +114,13 @@ def catalogue_index(model_id: str) -> CatalogueIndex:
                     model_id, view.ids, None, source, np.ascontiguousarray(vectors, np.float32)
                 )
             else:
-                nearest = _live(model_id, view)
-                # the stamp read before mapping: a build saving a newer index meanwhile is
-                # mapped on the next search
+                # The stamp was read before mapping: a build saving a newer index meanwhile
+                # is mapped on the next search.
+                nearest = _live(model_id, view, source[1])
+                if cached is None or cached.source[1] != source[1]:
+                    # Once per saved index and process (not on every admin save): the first
+                    # searches then fault cached pages in, not disk pages.
+                    read_ahead(registry.index_folder(model_id))
                 cached = CatalogueIndex(model_id, view.ids, nearest, source)
             _indexes[key] = cached
             logger.info(
