@@ -140,7 +140,7 @@ def resumable(
     the same shards, and started after the saved index it computes from was written. Its
     done shards keep their lists; the rest are computed."""
     raw = record(cache, model_id)
-    build = last_build(cache, model_id)
+    build = _build_of(model_id, raw)
     if build is None or "finished_at" in raw:
         return None
     if (build.rows, build.k, build.shard_rows) != (int(rows), int(k), int(shard_rows)):
@@ -161,7 +161,11 @@ def record(cache: NeighbourCache, model_id: str) -> dict[str, str]:
 
 def last_build(cache: NeighbourCache, model_id: str) -> Build | None:
     """A model's recorded build, finished or not."""
-    raw = record(cache, model_id)
+    return _build_of(model_id, record(cache, model_id))
+
+
+def _build_of(model_id: str, raw: dict[str, str]) -> Build | None:
+    """The build a record's fields describe (None for no record)."""
     if "id" not in raw:
         return None
     return Build(
@@ -179,7 +183,7 @@ def current(cache: NeighbourCache, model_id: str, build_id: str) -> Build | None
     raw = record(cache, model_id)
     if raw.get("id") != build_id or "finished_at" in raw:
         return None
-    return last_build(cache, model_id)
+    return _build_of(model_id, raw)
 
 
 def send(build: Build) -> None:
