@@ -44,6 +44,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -86,8 +87,6 @@ JSON_KEYS = (
 
 def build_child(model_folder: str, model_id: str, redis_url: str, index: str, processes: int):
     """The build itself, in its own process so its peak RSS is its own."""
-    import threading
-
     from scale_serving import memory_mb
     from scale_workers import build_with_workers
 

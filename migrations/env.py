@@ -4,6 +4,8 @@ from logging.config import fileConfig
 from alembic import context
 from flask import current_app
 
+from webapp.models import compared_on
+
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
 config = context.config
@@ -91,8 +93,6 @@ def run_migrations_online():
 
     with connectable.connect() as connection:
         if conf_args.get("include_object") is None:
-            from webapp.models import compared_on
-
             conf_args["include_object"] = compared_on(connection.dialect.name)
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
 

@@ -7,7 +7,7 @@ import re
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from werkzeug.datastructures import MultiDict
 
 from tests.conftest import _make_app
@@ -226,8 +226,6 @@ def test_name_search_uses_the_trigram_index_on_postgres(tmp_path, postgres_datab
     text taken literally) finds what the text says, and past a few pages of rows the database
     answers a rare word through the trigram index (at a million products a millisecond
     instead of a 0.4 s scan)."""
-    from sqlalchemy import func
-
     app = _make_app(tmp_path, postgres_database)
     names = ["Blue Denim Jacket", "navy denim jeans", "Red Kurta", "100% Cotton Tee", "100 Tees"]
     filler = [f"Plain cotton shirt {i}" for i in range(3000)]
