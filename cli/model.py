@@ -56,6 +56,10 @@ model_cli = AppGroup(
 def tune_command(now: bool, epochs: int | None, val_fraction: float, no_activate: bool) -> None:
     """Fine-tune the backbone on the catalogue's labels, embed every product with it, build
     its neighbour lists and switch pages and photo search to it."""
+    try:  # the settings, checked before anything runs or is enqueued
+        tuning.check_settings(epochs)
+    except ValueError as exc:
+        raise click.ClickException(f"Cannot tune: {exc}.") from None
     if now:
         summary = tuning.tune_catalog(
             epochs=epochs,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ml.store import EmbeddingStore
 from ml.tuned.config import base_model_id, is_tuned_id
 from ml.tuned.network import TunedBackbone
 from tests.conftest import add_product, save_photo, write_query_folder
@@ -206,3 +207,32 @@ def test_index_job_queues_the_first_tuning_once(labelled, redis_db):
         assert redis_db.llen("index") == 1
         message = json.loads(redis_db.lindex("index", 0))
         assert message["headers"]["task"] == "worker.tasks.ml_tune_catalog"
+
+
+def test_tuning_on_shopper_like_views_keeps_them_for_the_next_run(labelled):
+    app, base_id = labelled
+    app.config.update(EMBEDDING_TUNED="auto", TUNE_EPOCHS=1, TUNE_SHOPPER_VIEWS=1)
+    result = app.test_cli_runner().invoke(args=["model", "tune", "--now"])
+    assert result.exit_code == 0, result.output
+    assert "Shopper-like views: 1 of each photo" in result.output
+    folder = Path(app.config["MODEL_FOLDER"]) / f"{base_id}.shoppers-conv1-1-v1"
+    with app.app_context():
+        model_id = registry.neighbour_cache().active_model()
+        network = registry.load_backbone().network
+        assert network.config.shopper_views == 1 and is_tuned_id(model_id)
+        stored = EmbeddingStore(app.config["MODEL_FOLDER"], folder.name, dtype=np.float16)
+        assert len(stored) == 48
+    before = {p.name: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    again = app.test_cli_runner().invoke(args=["model", "tune", "--now"])
+    assert again.exit_code == 0, again.output
+    # nothing changed in the catalogue: the stored views are used as they are
+    assert {p.name: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_an_unknown_cut_layer_is_a_clear_error(labelled):
+    app, _ = labelled
+    app.config.update(EMBEDDING_TUNED="auto", TUNE_CUT="no_such_layer")
+    result = app.test_cli_runner().invoke(args=["model", "tune", "--now"])
+    assert result.exit_code != 0
+    assert "has no layer 'no_such_layer'" in result.output
+    assert "Traceback" not in result.output

@@ -87,10 +87,19 @@ def test_epochs_of_the_last_run_scale_with_the_catalogue():
 def test_a_stage_never_measured_gives_no_figure_only_a_lower_bound():
     left = time_left(state("maps", 500, 1000), now=10.0)
     assert left.stage == pytest.approx(10.0)
-    assert left.unmeasured == ["colours", "training", "embedding", "thresholds", "neighbours"]
+    assert left.unmeasured == [
+        "colours",
+        "shoppers",
+        "training",
+        "embedding",
+        "thresholds",
+        "neighbours",
+    ]
     told = describe(state("maps", 500, 1000), now=10.0)
     assert told["stage_left"] == "about 10 s left"
-    assert told["total_left"].startswith("at least 10 s left (colour descriptors, training,")
+    assert told["total_left"].startswith(
+        "at least 10 s left (colour descriptors, shopper-like views, training,"
+    )
     assert "not measured yet" in told["total_left"]
 
 
@@ -116,7 +125,7 @@ def test_a_finished_count_is_finishing_and_states_without_timings_get_nothing():
     told = describe(state("embedding", 1000, 1000), now=10.0)
     assert told["stage_left"] == "finishing"
     assert (
-        told["doing"] == "tuning the backbone, stage 4 of 6: embeddings 1000/1000 products (100%)"
+        told["doing"] == "tuning the backbone, stage 5 of 7: embeddings 1000/1000 products (100%)"
     )
     assert describe({"stage": "maps", "done": 1, "total": 2}) is None
     assert describe({}) is None
@@ -231,7 +240,7 @@ def admin(client, auth):
 
 def test_the_panel_shows_the_stage_and_the_time_left(admin, tuning_in_flight):
     page = admin.get("/admin/inventory/index").get_data(as_text=True)
-    assert "tuning the backbone, stage 3 of 6: training 2/8 epochs (25%)" in page
+    assert "tuning the backbone, stage 4 of 7: training 2/8 epochs (25%)" in page
     # 2 epochs took 100 s: 6 more take 300 s, 20 of which have passed
     assert "This stage: about 5 min left." in page
     assert "Whole job: at least 5 min left (embeddings, thresholds not measured yet)" in page
@@ -241,7 +250,7 @@ def test_the_panel_shows_the_stage_and_the_time_left(admin, tuning_in_flight):
 def test_index_status_prints_the_time_left(app, tuning_in_flight):
     result = app.test_cli_runner().invoke(args=["catalog", "index-status"])
     assert result.exit_code == 0, result.output
-    assert f"Job {tuning_in_flight}: PROGRESS tuning the backbone, stage 3 of 6" in result.output
+    assert f"Job {tuning_in_flight}: PROGRESS tuning the backbone, stage 4 of 7" in result.output
     assert "  this stage: about 5 min left" in result.output
     assert "  whole job: at least 5 min left (embeddings, thresholds not measured yet)" in (
         result.output

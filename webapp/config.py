@@ -88,6 +88,13 @@ SETTINGS: list[Setting] = [
             "(`<backbone model id>.ft<digest>`, see `flask model tune`)."),
     Setting("TUNE_EPOCHS", 8, "TUNE_EPOCHS",
             "Epochs of `flask model tune` (and of the tuning the first index build does)."),
+    Setting("TUNE_CUT", None, "TUNE_CUT",
+            "Layer the backbone is cut at for tuning: the layers above it are trained. "
+            "Default: the backbone's own (see `ml.tuned.config.CUT_LAYERS`)."),
+    Setting("TUNE_SHOPPER_VIEWS", 0, "TUNE_SHOPPER_VIEWS",
+            "Shopper-like photos made of each catalogue photo for tuning (another background, "
+            "light, angle, blur; cut out as photo search cuts uploads); half the training "
+            "steps take one of them. `0`: studio photos only."),
     Setting("INFERENCE_RUNTIME", "onnxruntime", "INFERENCE_RUNTIME",
             "Where workers run the networks forward: `onnxruntime` (each Keras network exported "
             "once to ONNX, cached in the model folder, checked against Keras) or `keras`."),

@@ -29,8 +29,13 @@ The tuned network is stored as the weights of the layers above the cut plus the 
 its model id is ``<base model id>.ft<digest of the weights>``. Training needs Keras; the
 heads it writes are NumPy.
 
+Shoppers' own photos are not studio photos: with ``shopper_views`` set, each catalogue photo
+is also made into photos a shopper might take of the product (``shoppers``: another
+background, light, angle, blur, cut out as photo search cuts uploads), their maps are kept
+like the studio ones, and a share of the training steps takes one of them instead.
+
 Modules: ``config`` (settings, cut layers, model ids, class names), ``feature_maps`` (the
-frozen lower layers), ``network`` (the tuned network and the embedder built from it),
+frozen lower layers), ``shoppers`` (shopper-like views), ``network`` (the tuned network and the embedder built from it),
 ``training`` (Keras training), ``scoring`` (accuracy as served) and ``temperature`` (each
 classifier's confidence temperature).
 """

@@ -46,6 +46,10 @@ class TuneConfig:
     min_count: int = 10  # classes with fewer examples are merged into "(other)"
     cut: str | None = None  # None: the backbone's CUT_LAYERS entry
     seed: int = 0
+    # Shopper-like views per product (``ml.tuned.shoppers``) and the share of training
+    # steps that take one of them instead of the studio photo; 0 views: studio photos only.
+    shopper_views: int = 0
+    shopper_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -64,10 +68,16 @@ class TuneConfig:
             )
         if self.shift < 0 or self.min_count < 1:
             raise ValueError("shift must be >= 0 and min_count >= 1")
+        if self.shopper_views < 0 or not 0.0 <= self.shopper_share <= 1.0:
+            raise ValueError("shopper_views must be >= 0 and shopper_share within 0..1")
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
-        return asdict(self)
+        """JSON-safe form (without shopper views, their settings are left out: networks
+        tuned on studio photos keep the ids they were given)."""
+        out = asdict(self)
+        if not self.shopper_views:
+            del out["shopper_views"], out["shopper_share"]
+        return out
 
 
 def is_tuned_id(model_id: str) -> bool:

@@ -53,13 +53,16 @@ def train_network(
     config: TuneConfig = TuneConfig(),  # noqa: B008 - a frozen dataclass, never mutated
     *,
     validation: tuple[np.ndarray, np.ndarray, Mapping[str, Sequence[str | None]]] | None = None,
+    shoppers: tuple[np.ndarray, np.ndarray] | None = None,
     progress: Progress | None = None,
     say: Callable[[str], None] | None = None,
 ) -> tuple[TunedNetwork, TuneReport]:
     """Fine-tune the layers above the cut on feature maps [n, views, h, w, c] of the
     training photos, their colour descriptors [n, d] and their labels (``sub``, ``type``,
     ``colour``; None where unknown). ``validation`` (maps, colours, labels) is scored after
-    every epoch. Photos not given here are never seen."""
+    every epoch. ``shoppers`` (maps [n, views, h, w, c], colour descriptors [n, views, d]):
+    shopper-like views of the same photos, which ``config.shopper_share`` of the training
+    rows take instead. Photos not given here are never seen."""
     # Longer than most functions here: the Keras model, the per-epoch snapshot and the epoch
     # callback share the model's state; the steps that do not are helpers below.
     import keras
@@ -72,6 +75,10 @@ def train_network(
         raise ValueError("maps must be [n, views, h, w, c] with one colour descriptor per row")
     if len(maps) < 2:
         raise ValueError("need at least two photos to train on")
+    if shoppers is not None and (
+        len(shoppers[0]) != len(maps) or shoppers[0].shape[2:] != maps.shape[2:]
+    ):
+        raise ValueError("shopper views must be [n, views, h, w, c] like the maps, one per row")
     encoded = {name: _encode(labels[name], config.min_count) for name in CLASSIFIERS}
     for name, (classes, _) in encoded.items():
         if len(classes) < 2:
@@ -108,7 +115,7 @@ def train_network(
 
     targets = {name: y for name, (_, y) in encoded.items()}
     model.fit(
-        _random_batches(maps, colours, targets, config),
+        _random_batches(maps, colours, targets, config, shoppers),
         steps_per_epoch=steps_per_epoch,
         epochs=config.epochs,
         shuffle=False,  # the batches are drawn at random already
@@ -191,10 +198,16 @@ def _compile(model: Any, config: TuneConfig, steps: int) -> None:
 
 
 def _random_batches(
-    maps: np.ndarray, colours: np.ndarray, targets: Mapping[str, np.ndarray], config: TuneConfig
+    maps: np.ndarray,
+    colours: np.ndarray,
+    targets: Mapping[str, np.ndarray],
+    config: TuneConfig,
+    shoppers: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], dict[str, np.ndarray]]]:
     """Endless training batches: rows in random order, the photo or its mirror image at
-    random, the maps shifted at random by up to ``config.shift`` cells."""
+    random (or, for ``config.shopper_share`` of the rows when ``shoppers`` are given, one of
+    its shopper-like views with that view's colour descriptor), the maps shifted at random
+    by up to ``config.shift`` cells."""
     rng = np.random.default_rng(config.seed)
     batch = min(config.batch_size, len(maps))
     while True:
@@ -203,10 +216,33 @@ def _random_batches(
             rows = np.sort(order[start : start + batch])
             view = rng.integers(0, maps.shape[1], len(rows))
             x = maps[rows, view].astype(np.float32)
+            c = colours[rows]
+            if shoppers is not None:
+                x, c = _with_shoppers(x, c, rows, shoppers, config.shopper_share, rng)
             if config.shift:
                 dy, dx = rng.integers(-config.shift, config.shift + 1, 2)
                 x = np.roll(x, (int(dy), int(dx)), axis=(1, 2))
-            yield (x, colours[rows]), {name: targets[name][rows] for name in CLASSIFIERS}
+            yield (x, c), {name: targets[name][rows] for name in CLASSIFIERS}
+
+
+def _with_shoppers(
+    x: np.ndarray,
+    c: np.ndarray,
+    rows: np.ndarray,
+    shoppers: tuple[np.ndarray, np.ndarray],
+    share: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's maps and colour descriptors (copies, changed in place) with ``share`` of
+    its rows swapped for one of their shopper-like views."""
+    maps, colours = shoppers
+    pick = np.flatnonzero(rng.random(len(rows)) < share)
+    if not len(pick):
+        return x, c
+    view = rng.integers(0, maps.shape[1], len(pick))
+    x[pick] = maps[rows[pick], view].astype(np.float32)
+    c[pick] = colours[rows[pick], view]
+    return x, c
 
 
 def _network_meta(

@@ -37,6 +37,7 @@ UNITS = {"training": "epochs", "thresholds": "steps"}
 STAGE_LABELS = {
     "maps": "feature maps",
     "colours": "colour descriptors",
+    "shoppers": "shopper-like views",
     "training": "training",
     "embedding": "embeddings",
     "thresholds": "thresholds",

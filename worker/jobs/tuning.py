@@ -35,6 +35,7 @@ from ml.store import EmbeddingStore
 from ml.tuned.config import TuneConfig, cut_layer
 from ml.tuned.feature_maps import FeatureMaps
 from ml.tuned.network import TunedNetwork
+from ml.tuned.shoppers import ShopperViews
 from ml.tuned.training import TuneReport, train_network
 from webapp.extensions import db
 from webapp.media import image_file
@@ -62,7 +63,7 @@ VAL_FRACTION = 0.1
 MAP_CHUNK = 512
 # The stages ``tune_catalog`` reports progress for, in order (the index status's plan, from
 # which it estimates the time left).
-STAGES = ("maps", "colours", "training", "embedding", "thresholds", "neighbours")
+STAGES = ("maps", "colours", "shoppers", "training", "embedding", "thresholds", "neighbours")
 # Catalogue photos re-encoded and rescaled to calibrate the duplicate check on.
 DUPLICATE_COPIES = 200
 
@@ -148,29 +149,73 @@ def colour_descriptors(
     return out
 
 
+def _half_float_rows(
+    store_id: str,
+    rows: CatalogueRows,
+    compute: Callable[[list[Any], int], np.ndarray],
+    progress: Progress | None,
+    prune: bool,
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(row numbers stored, their rows, ids whose photo could not be used) of a per-photo
+    half-float store brought up to date with ``rows`` (``compute(images, batch size)``)."""
+    store = EmbeddingStore(current_app.config["MODEL_FOLDER"], store_id, dtype=np.float16)
+    batch = current_app.config["EMBEDDING_BATCH_SIZE"]
+    unusable = _refresh(
+        store,
+        rows,
+        lambda images: compute(images, batch),
+        chunk=MAP_CHUNK,
+        progress=progress,
+        prune=prune,
+    )
+    positions = store.positions(rows.ids)
+    have = np.flatnonzero(positions >= 0)
+    return have, np.asarray(store.load()[1])[positions[have]], unusable
+
+
 def feature_maps(
     fm: FeatureMaps, rows: CatalogueRows, progress: Progress | None = None, prune: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """(row numbers with maps, maps float16 [m, views, h, w, c]) of the rows' photos, from the
     half-float store of the backbone's cut layer, computed where missing or changed."""
-    store = EmbeddingStore(current_app.config["MODEL_FOLDER"], fm.store_id, dtype=np.float16)
-    batch = current_app.config["EMBEDDING_BATCH_SIZE"]
-    unreadable = _refresh(
-        store,
-        rows,
-        lambda images: fm.compute(images, batch),
-        chunk=MAP_CHUNK,
-        progress=progress,
-        prune=prune,
-    )
+    have, flat, unreadable = _half_float_rows(fm.store_id, rows, fm.compute, progress, prune)
     if unreadable:
         logger.warning(
             "%d products without a readable photo are left out of tuning", len(unreadable)
         )
-    positions = store.positions(rows.ids)
-    have = np.flatnonzero(positions >= 0)
-    flat = store.load()[1]
-    return have, fm.unflatten(np.asarray(flat)[positions[have]])
+    return have, fm.unflatten(flat)
+
+
+def shopper_views(
+    fm: FeatureMaps,
+    config: TuneConfig,
+    rows: CatalogueRows,
+    maps: np.ndarray,
+    colours: np.ndarray,
+    progress: Progress | None = None,
+    prune: bool = False,
+    say: Say | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(maps [n, views, h, w, c], colour descriptors [n, views, d]) of ``config``'s
+    shopper-like views of the rows' photos, from their store, made where missing or changed;
+    None when the config asks for none. A photo none could be made of keeps its studio
+    photo (``maps`` view 0, ``colours``) in their place."""
+    if not config.shopper_views:
+        if progress:
+            progress(len(rows.ids), len(rows.ids))
+        return None
+    views = ShopperViews(fm, config.shopper_views)
+    if say:
+        say(f"Shopper-like views: {views.views} of each photo (stored, made where missing)...")
+    have, flat, unmade = _half_float_rows(views.store_id, rows, views.compute, progress, prune)
+    if unmade:
+        logger.warning(
+            "%d photos have no shopper-like views: tuning uses them as they are", len(unmade)
+        )
+    shopper_maps = np.repeat(maps[:, :1], views.views, axis=1)
+    shopper_colours = np.repeat(colours[:, None, :], views.views, axis=1)
+    shopper_maps[have], shopper_colours[have] = views.split(flat)
+    return shopper_maps, shopper_colours
 
 
 def catalogue_labels(ids: np.ndarray) -> dict[str, list[str | None]]:
@@ -203,8 +248,23 @@ def _take(labels: dict[str, list], rows: np.ndarray) -> dict[str, list]:
 
 
 def tune_config(epochs: int | None = None) -> TuneConfig:
-    """The tuning settings: the code's defaults with the configured number of epochs."""
-    return TuneConfig(epochs=epochs or int(current_app.config["TUNE_EPOCHS"]))
+    """The tuning settings: the code's defaults with the configured epochs and cut."""
+    return TuneConfig(
+        epochs=epochs or int(current_app.config["TUNE_EPOCHS"]),
+        cut=current_app.config["TUNE_CUT"] or None,
+        shopper_views=int(current_app.config["TUNE_SHOPPER_VIEWS"]),
+    )
+
+
+def check_settings(epochs: int | None = None) -> TuneConfig:
+    """The tuning settings, ``ValueError`` with a reason when the configured backbone cannot
+    be tuned with them (a cut layer it does not have, a bad number)."""
+    try:
+        config = tune_config(epochs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"TUNE_EPOCHS, TUNE_CUT or TUNE_SHOPPER_VIEWS: {exc}") from None
+    cut_layer(load_backbone(tuned=False), config)
+    return config
 
 
 def train_on(
@@ -216,10 +276,12 @@ def train_on(
     rows: np.ndarray,
     *,
     val_rows: np.ndarray | None = None,
+    shoppers: tuple[np.ndarray, np.ndarray] | None = None,
     progress: Progress | None = None,
     say: Say | None = None,
 ) -> tuple[TunedNetwork, TuneReport]:
-    """Train a network on ``rows`` only (scored after each epoch on ``val_rows``)."""
+    """Train a network on ``rows`` only (scored after each epoch on ``val_rows``, on their
+    studio photos), with their shopper-like views when given."""
     validation = None
     if val_rows is not None and len(val_rows):
         validation = (maps[val_rows], colours[val_rows], _take(labels, val_rows))
@@ -230,6 +292,7 @@ def train_on(
         _take(labels, rows),
         config,
         validation=validation,
+        shoppers=None if shoppers is None else (shoppers[0][rows], shoppers[1][rows]),
         progress=progress,
         say=say,
     )
@@ -280,6 +343,9 @@ def tune_catalog(
     kept = CatalogueRows(ids, [rows.keys[i] for i in have], [rows.photos[i] for i in have])
     colours = colour_descriptors(kept, progress_for("colours"), prune=True)
     labels = catalogue_labels(ids)
+    shoppers = shopper_views(
+        fm, config, kept, maps, colours, progress_for("shoppers"), prune=True, say=say
+    )
     seconds_maps = time.perf_counter() - t0
 
     train, val = hold_back(labels["type"], np.arange(len(ids)), val_fraction, config)
@@ -298,6 +364,7 @@ def tune_catalog(
         labels,
         train,
         val_rows=val,
+        shoppers=shoppers,
         progress=training,
         say=say,
     )
