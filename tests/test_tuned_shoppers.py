@@ -49,7 +49,7 @@ def test_views_are_shopper_photos_as_photo_search_prepares_them():
 
 def test_stored_rows_hold_each_views_maps_and_colour_descriptor():
     tiny = get_backbone("tiny")
-    views = ShopperViews(FeatureMaps(tiny, "conv1", mirror=True), 2, threads=2)
+    views = ShopperViews(tiny, "conv1", 2, threads=2)
     assert not views.maps.mirror and views.maps.views == 1
     assert "shoppers-conv1-2" in views.store_id and views.store_id.startswith(tiny.model_id)
     photos = [studio_photo(i) for i in range(3)]
@@ -100,7 +100,7 @@ def test_training_with_shopper_views_and_their_settings():
     fm = FeatureMaps(tiny, "conv1", mirror=True)
     maps = fm.unflatten(fm.compute(photos))
     colours = ColourDescriptor().describe(photos)
-    views = ShopperViews(fm, 1)
+    views = ShopperViews(tiny, "conv1", 1)
     shoppers = views.split(views.compute(photos))
     config = TuneConfig(epochs=1, batch_size=4, min_count=2, shopper_views=1)
     network, report = train_network(tiny, maps, colours, labels, config, shoppers=shoppers)

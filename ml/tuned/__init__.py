@@ -35,7 +35,7 @@ background, light, angle, blur, cut out as photo search cuts uploads), their map
 like the studio ones, and a share of the training steps takes one of them instead.
 
 Modules: ``config`` (settings, cut layers, model ids, class names), ``feature_maps`` (the
-frozen lower layers), ``shoppers`` (shopper-like views), ``network`` (the tuned network and the embedder built from it),
-``training`` (Keras training), ``scoring`` (accuracy as served) and ``temperature`` (each
+frozen lower layers), ``shoppers`` (shopper-like views), ``network`` (the tuned network and
+the embedder built from it), ``training`` (Keras training), ``scoring`` (accuracy as served) and ``temperature`` (each
 classifier's confidence temperature).
 """

@@ -57,12 +57,12 @@ def shopper_photos(image: ImageSource, views: int, input_size: int) -> list[Imag
 class ShopperViews:
     """Feature maps at the cut and colour descriptors of shopper-like views of photos."""
 
-    def __init__(self, maps: FeatureMaps, views: int, threads: int | None = None) -> None:
+    def __init__(self, backbone: Any, cut: str, views: int, threads: int | None = None) -> None:
         if views < 1:
             raise ValueError("shopper views must be at least 1")
         # The frozen lower layers, one view per made photo (no mirror image: the made photos
         # vary far more than a mirror would add).
-        self.maps = maps if not maps.mirror else FeatureMaps(maps.backbone, maps.cut, False)
+        self.maps = FeatureMaps(backbone, cut, mirror=False)
         self.views = views
         self.colour = ColourDescriptor()
         self.threads = threads or os.cpu_count() or 1

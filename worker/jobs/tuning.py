@@ -187,7 +187,7 @@ def feature_maps(
 
 
 def shopper_views(
-    fm: FeatureMaps,
+    base: Any,
     config: TuneConfig,
     rows: CatalogueRows,
     maps: np.ndarray,
@@ -204,7 +204,7 @@ def shopper_views(
         if progress:
             progress(len(rows.ids), len(rows.ids))
         return None
-    views = ShopperViews(fm, config.shopper_views)
+    views = ShopperViews(base, cut_layer(base, config), config.shopper_views)
     if say:
         say(f"Shopper-like views: {views.views} of each photo (stored, made where missing)...")
     have, flat, unmade = _half_float_rows(views.store_id, rows, views.compute, progress, prune)
@@ -344,7 +344,7 @@ def tune_catalog(
     colours = colour_descriptors(kept, progress_for("colours"), prune=True)
     labels = catalogue_labels(ids)
     shoppers = shopper_views(
-        fm, config, kept, maps, colours, progress_for("shoppers"), prune=True, say=say
+        base, config, kept, maps, colours, progress_for("shoppers"), prune=True, say=say
     )
     seconds_maps = time.perf_counter() - t0
 

@@ -74,14 +74,6 @@ def _feature_maps(base: Any, config: Any, cat: Catalogue, say: Say | None) -> np
     return maps
 
 
-def _shopper_views(
-    base: Any, config: Any, maps: np.ndarray, colours: np.ndarray, cat: Catalogue, say: Say | None
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The shopper-like views ``config`` trains on (stored; made only where missing)."""
-    fm = FeatureMaps(base, cut_layer(base, config), config.mirror)
-    return tuning.shopper_views(fm, config, catalogue_rows(cat), maps, colours, say=say)
-
-
 def _trained_network(
     base: Any,
     config: Any,
@@ -112,7 +104,7 @@ def _trained_network(
             f"Tuning the backbone on {len(fit)} products ({len(val)} of the kept ones "
             f"held back to validate and calibrate; {config.epochs} epochs)..."
         )
-    shoppers = _shopper_views(base, config, maps, colours, cat, say)
+    shoppers = tuning.shopper_views(base, config, catalogue_rows(cat), maps, colours, say=say)
     network, report = tuning.train_on(
         base, config, maps, colours, labels, fit, val_rows=val, shoppers=shoppers, say=say
     )
