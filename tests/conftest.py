@@ -82,6 +82,8 @@ def base_config(tmp_path, database_uri: str) -> dict:
         "REDIS_URL": TEST_REDIS_URL,
         # Tests that tune say so; the others keep the plain backbone they embed with.
         "EMBEDDING_TUNED": "off",
+        # The same arithmetic on every CPU (bfloat16 training: tests/test_tuned_precision.py).
+        "TUNE_PRECISION": "float32",
         "WTF_CSRF_ENABLED": False,
         "SERVER_NAME": None,
         # Rate limits stay on, counted per app and generous: a module-scoped app serves many

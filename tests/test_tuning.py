@@ -236,3 +236,12 @@ def test_an_unknown_cut_layer_is_a_clear_error(labelled):
     assert result.exit_code != 0
     assert "has no layer 'no_such_layer'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_unknown_precision_is_a_clear_error(labelled):
+    app, _ = labelled
+    app.config.update(EMBEDDING_TUNED="auto", TUNE_PRECISION="float16")
+    result = app.test_cli_runner().invoke(args=["model", "tune", "--now"])
+    assert result.exit_code != 0
+    assert "TUNE_PRECISION" in result.output and "float16" in result.output
+    assert "Traceback" not in result.output

@@ -95,6 +95,10 @@ SETTINGS: list[Setting] = [
             "Shopper-like photos made of each catalogue photo for tuning (another background, "
             "light, angle, blur; cut out as photo search cuts uploads); half the training "
             "steps take one of them. `0`: studio photos only."),
+    Setting("TUNE_PRECISION", "auto", "TUNE_PRECISION",
+            "Arithmetic of tuning's training: `float32`, `bfloat16` (1x1 convolutions in "
+            "bfloat16, depthwise kernels kept; fast only on CPUs with AMX tiles) or `auto` "
+            "(bfloat16 where the CPU has AMX, float32 elsewhere)."),
     Setting("INFERENCE_RUNTIME", "onnxruntime", "INFERENCE_RUNTIME",
             "Where workers run the networks forward: `onnxruntime` (each Keras network exported "
             "once to ONNX, cached in the model folder, checked against Keras) or `keras`."),

@@ -23,6 +23,11 @@ CUT_LAYERS = {
     "tiny": "conv1",
 }
 TUNED_MARK = ".ft"
+# How the layers above the cut are trained: "float32" throughout, or "bfloat16": the 1x1
+# convolutions (nearly all of the arithmetic) compute in bfloat16 on float32 weights, and the
+# depthwise kernels stay ImageNet's (their bfloat16 gradients have no fast CPU kernel). Pays
+# only on CPUs with bfloat16 matrix tiles (Intel AMX); elsewhere it is slower than float32.
+PRECISIONS = ("float32", "bfloat16")
 
 Progress = Callable[[int, int], None]
 
@@ -50,6 +55,7 @@ class TuneConfig:
     # steps that take one of them instead of the studio photo; 0 views: studio photos only.
     shopper_views: int = 0
     shopper_share: float = 0.5
+    precision: str = "float32"  # one of PRECISIONS
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -70,14 +76,43 @@ class TuneConfig:
             raise ValueError("shift must be >= 0 and min_count >= 1")
         if self.shopper_views < 0 or not 0.0 <= self.shopper_share <= 1.0:
             raise ValueError("shopper_views must be >= 0 and shopper_share within 0..1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-safe form (without shopper views, their settings are left out: networks
-        tuned on studio photos keep the ids they were given)."""
+        """JSON-safe form (without shopper views their settings are left out, and so is a
+        float32 precision: networks tuned before these settings existed read back the same)."""
         out = asdict(self)
         if not self.shopper_views:
             del out["shopper_views"], out["shopper_share"]
+        if self.precision == "float32":
+            del out["precision"]
         return out
+
+
+def bfloat16_tiles() -> bool:
+    """True when the CPU multiplies bfloat16 matrices in hardware tiles (Intel AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def training_precision(setting: str | None) -> str:
+    """The precision a ``TUNE_PRECISION`` setting means on this machine: ``auto`` (or empty)
+    is bfloat16 where the CPU has bfloat16 tiles and float32 elsewhere."""
+    value = (setting or "auto").strip().lower()
+    if value == "auto":
+        return "bfloat16" if bfloat16_tiles() else "float32"
+    if value not in PRECISIONS:
+        raise ValueError(
+            f"precision must be auto or one of {', '.join(PRECISIONS)}, not {setting!r}"
+        )
+    return value
 
 
 def is_tuned_id(model_id: str) -> bool:

@@ -153,6 +153,12 @@ def _classifier_model(
     for layer in top.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = False  # a few thousand photos must not move ImageNet's statistics
+        elif config.precision == "bfloat16" and isinstance(layer, layers.DepthwiseConv2D):
+            layer.trainable = False
+        elif config.precision == "bfloat16" and isinstance(layer, layers.Conv2D):
+            # float32 weights, bfloat16 arithmetic; the rest of the layers stay float32 (their
+            # bfloat16 kernels are slower on a CPU than the casts around the convolutions)
+            layer.dtype_policy = keras.DTypePolicy("mixed_bfloat16")
     maps_in = keras.Input(shape=tuple(map_shape), name="maps")
     colour_in = keras.Input(shape=(colour_dim,), name="colour_descriptor")
     features = layers.UnitNormalization(name="unit")(top(maps_in))

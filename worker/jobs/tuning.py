@@ -32,7 +32,7 @@ from sqlalchemy import select
 from ml.colour import ColourDescriptor
 from ml.labels import derived_type, majority_sub, merge_rare, stratified_split
 from ml.store import EmbeddingStore
-from ml.tuned.config import TuneConfig, cut_layer
+from ml.tuned.config import TuneConfig, cut_layer, training_precision
 from ml.tuned.feature_maps import FeatureMaps
 from ml.tuned.network import TunedNetwork
 from ml.tuned.shoppers import ShopperViews
@@ -248,11 +248,13 @@ def _take(labels: dict[str, list], rows: np.ndarray) -> dict[str, list]:
 
 
 def tune_config(epochs: int | None = None) -> TuneConfig:
-    """The tuning settings: the code's defaults with the configured epochs and cut."""
+    """The tuning settings: the code's defaults with the configured epochs, cut, shopper
+    views and precision (``auto`` resolved for this machine's CPU)."""
     return TuneConfig(
         epochs=epochs or int(current_app.config["TUNE_EPOCHS"]),
         cut=current_app.config["TUNE_CUT"] or None,
         shopper_views=int(current_app.config["TUNE_SHOPPER_VIEWS"]),
+        precision=training_precision(current_app.config["TUNE_PRECISION"]),
     )
 
 
@@ -262,7 +264,9 @@ def check_settings(epochs: int | None = None) -> TuneConfig:
     try:
         config = tune_config(epochs)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"TUNE_EPOCHS, TUNE_CUT or TUNE_SHOPPER_VIEWS: {exc}") from None
+        raise ValueError(
+            f"TUNE_EPOCHS, TUNE_CUT, TUNE_SHOPPER_VIEWS or TUNE_PRECISION: {exc}"
+        ) from None
     cut_layer(load_backbone(tuned=False), config)
     return config
 
