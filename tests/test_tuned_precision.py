@@ -83,6 +83,8 @@ def test_bfloat16_keeps_depthwise_kernels_and_trains_the_rest(lite, precision):
     assert network.config.precision == precision
     # the served network computes in float32 whichever precision trained it
     backbone, maps, colours, _ = lite
-    vectors = network.backbone(backbone).embed_maps(maps[:4], colours[:4])
+    served = network.backbone(backbone)
+    assert {layer.dtype_policy.name for layer in served.top.layers} == {"float32"}
+    vectors = served.embed_maps(maps[:4], colours[:4])
     assert vectors.dtype == np.float32 and np.all(np.isfinite(vectors))
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
