@@ -264,7 +264,11 @@ def test_a_tuning_run_reports_every_stage_of_its_plan_in_order(labelled, redis_d
     app, _ = labelled
     with app.app_context():
         summary = tasks.ml_tune_catalog.apply(kwargs={"epochs": 2}).get()
-        assert list(summary["stage_seconds"]) == PLAN
+        # no shopper-like views asked for: no such stage in the plan or the timings
+        assert list(summary["stage_seconds"]) == [s for s in PLAN if s != "shoppers"]
+        assert tuning.planned_stages() == tuple(summary["stage_seconds"])
+        app.config.update(TUNE_SHOPPER_VIEWS=1)
+        assert tuning.planned_stages() == tuning.STAGES
         saved = {k.decode(): json.loads(v) for k, v in redis_db.hgetall("stage-history").items()}
     assert {"tuning:maps", "tuning:colours", "tuning:training", "neighbours"} <= set(saved)
     assert saved["tuning:training"]["units"] == 2 and saved["neighbours"]["rows"] == 48

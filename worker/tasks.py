@@ -86,7 +86,7 @@ def ml_tune_catalog(
 ) -> dict[str, object]:
     """Tune the backbone on the catalogue, embed every product with it, build and serve its
     lists (one catalogue-wide job at a time, like the index job)."""
-    clock = _stage_clock(self, "tuning", tuning.STAGES)
+    clock = _stage_clock(self, "tuning", tuning.planned_stages())
     try:
         summary = tuning.tune_catalog(
             epochs=epochs,

@@ -64,6 +64,18 @@ MAP_CHUNK = 512
 # The stages ``tune_catalog`` reports progress for, in order (the index status's plan, from
 # which it estimates the time left).
 STAGES = ("maps", "colours", "shoppers", "training", "embedding", "thresholds", "neighbours")
+
+
+def planned_stages() -> tuple[str, ...]:
+    """The stages a tuning run with the configured settings goes through: the shopper-like
+    views only when some are asked for."""
+    try:
+        views = int(current_app.config["TUNE_SHOPPER_VIEWS"])
+    except (TypeError, ValueError):
+        return STAGES  # the run itself stops with what is wrong with the setting
+    return STAGES if views else tuple(stage for stage in STAGES if stage != "shoppers")
+
+
 # Catalogue photos re-encoded and rescaled to calibrate the duplicate check on.
 DUPLICATE_COPIES = 200
 
@@ -201,9 +213,7 @@ def shopper_views(
     None when the config asks for none. A photo none could be made of keeps its studio
     photo (``maps`` view 0, ``colours``) in their place."""
     if not config.shopper_views:
-        if progress:
-            progress(len(rows.ids), len(rows.ids))
-        return None
+        return None  # not a stage of this run's plan (``planned_stages``)
     views = ShopperViews(base, cut_layer(base, config), config.shopper_views)
     if say:
         say(f"Shopper-like views: {views.views} of each photo (stored, made where missing)...")
