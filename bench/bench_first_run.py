@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._stack import free_port  # noqa: E402
+from ml.provenance import cpuinfo  # noqa: E402
 from webapp.config import SETTINGS  # noqa: E402
 
 DEFAULT_CATALOG = ROOT.parent / "shared" / "data" / "fashion-small"
@@ -291,15 +292,9 @@ class WorkerLog:
 
 def machine() -> dict[str, object]:
     """Where the run happened."""
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
         "platform": platform.platform(),
-        "cpu": cpu,
+        "cpu": cpuinfo("model name") or platform.processor(),
         "cpus": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }

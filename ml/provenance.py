@@ -17,16 +17,22 @@ import numpy as np
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def machine() -> dict[str, Any]:
-    """What the code ran on: host, CPU model, cores, load average, Python and NumPy."""
-    cpu = platform.processor() or ""
+def cpuinfo(field: str) -> str | None:
+    """The value of the first ``field`` line of ``/proc/cpuinfo`` (``model name``,
+    ``flags``), None where there is no such line or no such file."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            name, sep, value = line.partition(":")
+            if sep and name.strip() == field:
+                return value.strip()
     except OSError:
         pass
+    return None
+
+
+def machine() -> dict[str, Any]:
+    """What the code ran on: host, CPU model, cores, load average, Python and NumPy."""
+    cpu = cpuinfo("model name") or platform.processor() or ""
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ml.labels import OTHER
+from ml.provenance import cpuinfo
 
 NETWORK_VERSION = 1
 CLASSIFIERS = ("sub", "type", "colour")
@@ -92,14 +93,7 @@ class TuneConfig:
 
 def bfloat16_tiles() -> bool:
     """True when the CPU multiplies bfloat16 matrices in hardware tiles (Intel AMX)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
-    except OSError:
-        pass
-    return False
+    return "amx_bf16" in (cpuinfo("flags") or "").split()
 
 
 def training_precision(setting: str | None) -> str:

@@ -64,18 +64,6 @@ MAP_CHUNK = 512
 # The stages ``tune_catalog`` reports progress for, in order (the index status's plan, from
 # which it estimates the time left).
 STAGES = ("maps", "colours", "shoppers", "training", "embedding", "thresholds", "neighbours")
-
-
-def planned_stages() -> tuple[str, ...]:
-    """The stages a tuning run with the configured settings goes through: the shopper-like
-    views only when some are asked for."""
-    try:
-        views = int(current_app.config["TUNE_SHOPPER_VIEWS"])
-    except (TypeError, ValueError):
-        return STAGES  # the run itself stops with what is wrong with the setting
-    return STAGES if views else tuple(stage for stage in STAGES if stage != "shoppers")
-
-
 # Catalogue photos re-encoded and rescaled to calibrate the duplicate check on.
 DUPLICATE_COPIES = 200
 
@@ -266,6 +254,16 @@ def tune_config(epochs: int | None = None) -> TuneConfig:
         shopper_views=int(current_app.config["TUNE_SHOPPER_VIEWS"]),
         precision=training_precision(current_app.config["TUNE_PRECISION"]),
     )
+
+
+def planned_stages() -> tuple[str, ...]:
+    """The stages a tuning run with the configured settings goes through: the shopper-like
+    views only when some are asked for."""
+    try:
+        config = tune_config()
+    except (TypeError, ValueError):
+        return STAGES  # the run itself stops with what is wrong with the settings
+    return tuple(stage for stage in STAGES if stage != "shoppers" or config.shopper_views)
 
 
 def check_settings(epochs: int | None = None) -> TuneConfig:
