@@ -245,3 +245,12 @@ def test_an_unknown_precision_is_a_clear_error(labelled):
     assert result.exit_code != 0
     assert "TUNE_PRECISION" in result.output and "float16" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_shopper_share_outside_zero_to_one_is_a_clear_error(labelled):
+    app, _ = labelled
+    app.config.update(EMBEDDING_TUNED="auto", TUNE_SHOPPER_VIEWS=1, TUNE_SHOPPER_SHARE=1.5)
+    result = app.test_cli_runner().invoke(args=["model", "tune", "--now"])
+    assert result.exit_code != 0
+    assert "TUNE_SHOPPER_SHARE" in result.output and "shopper_share" in result.output
+    assert "Traceback" not in result.output

@@ -93,8 +93,11 @@ SETTINGS: list[Setting] = [
             "Default: the backbone's own (see `ml.tuned.config.CUT_LAYERS`)."),
     Setting("TUNE_SHOPPER_VIEWS", 0, "TUNE_SHOPPER_VIEWS",
             "Shopper-like photos made of each catalogue photo for tuning (another background, "
-            "light, angle, blur; cut out as photo search cuts uploads); half the training "
-            "steps take one of them. `0`: studio photos only."),
+            "light, angle, blur; cut out as photo search cuts uploads); a share of the "
+            "training steps (`TUNE_SHOPPER_SHARE`) take one of them. `0`: studio photos only."),
+    Setting("TUNE_SHOPPER_SHARE", 0.5, "TUNE_SHOPPER_SHARE",
+            "Share of tuning's training steps that take a shopper-like view instead of the "
+            "studio photo, when `TUNE_SHOPPER_VIEWS` is above 0 (0..1)."),
     Setting("TUNE_PRECISION", "auto", "TUNE_PRECISION",
             "Arithmetic of tuning's training: `float32`, `bfloat16` (1x1 convolutions in "
             "bfloat16, depthwise kernels kept; fast only on CPUs with AMX tiles) or `auto` "

@@ -252,6 +252,7 @@ def tune_config(epochs: int | None = None) -> TuneConfig:
         epochs=epochs or int(current_app.config["TUNE_EPOCHS"]),
         cut=current_app.config["TUNE_CUT"] or None,
         shopper_views=int(current_app.config["TUNE_SHOPPER_VIEWS"]),
+        shopper_share=float(current_app.config["TUNE_SHOPPER_SHARE"]),
         precision=training_precision(current_app.config["TUNE_PRECISION"]),
     )
 
@@ -273,7 +274,8 @@ def check_settings(epochs: int | None = None) -> TuneConfig:
         config = tune_config(epochs)
     except (TypeError, ValueError) as exc:
         raise ValueError(
-            f"TUNE_EPOCHS, TUNE_CUT, TUNE_SHOPPER_VIEWS or TUNE_PRECISION: {exc}"
+            "TUNE_EPOCHS, TUNE_CUT, TUNE_SHOPPER_VIEWS, TUNE_SHOPPER_SHARE or TUNE_PRECISION: "
+            f"{exc}"
         ) from None
     cut_layer(load_backbone(tuned=False), config)
     return config
