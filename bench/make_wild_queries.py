@@ -9,6 +9,7 @@ each product was pasted, relative x, y, w, h, and what was drawn), and can be re
 ``model evaluate --split F --seed S --wild DIR`` or ``--queries`` elsewhere.
 
     python bench/make_wild_queries.py --split 0.2 --seed 0 --out /tmp/wild
+    python bench/make_wild_queries.py --split 0.2 --seed 0 --out /tmp/other --maker other
     python bench/make_wild_queries.py --split 0.2 --seed 0 --out /tmp/wild \\
         --catalogue ../shared/data/fashion-small     # no shop needed: a Kaggle folder
 
@@ -32,6 +33,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
 
+from bench._other_wild import make_other  # noqa: E402
 from ml import evaluation as ev  # noqa: E402
 from ml.provenance import git_commit  # noqa: E402
 from ml.wild import make_wild  # noqa: E402
@@ -84,8 +86,12 @@ def write_folder(
     labels: ev.Labels,
     rows: np.ndarray,
     seed: int,
+    maker: str = "shop",
 ) -> int:
-    """Write the wild photos of ``rows`` with their labels and boxes; returns how many."""
+    """Write the wild photos of ``rows`` with their labels and boxes; returns how many.
+    ``maker``: ``shop`` (``ml.wild``, what tuning's shopper views are made with) or ``other``
+    (``bench/_other_wild.py``, a maker the shop never trains on)."""
+    neighbours = [p for p in photos if p is not None]
     (out / "images").mkdir(parents=True, exist_ok=True)
     written = 0
     started = time.perf_counter()
@@ -102,7 +108,10 @@ def write_folder(
             if photo is None or not Path(photo).is_file():
                 continue
             pid = ids[row]
-            wild = make_wild(photo, (seed, pid))
+            if maker == "other":
+                wild = make_other(photo, (seed, pid), neighbours)
+            else:
+                wild = make_wild(photo, (seed, pid))
             (out / "images" / f"{pid}.jpg").write_bytes(wild.jpeg)
             style_writer.writerow(
                 [
@@ -129,6 +138,13 @@ def main() -> None:
     parser.add_argument("--model", help="model id or backbone name (default: the served one)")
     parser.add_argument("--catalogue", type=Path, help="a Kaggle folder instead of the shop")
     parser.add_argument("--limit", type=int, help="only the first N held-out products")
+    parser.add_argument(
+        "--maker",
+        choices=("shop", "other"),
+        default="shop",
+        help="shop: ml.wild (tuning's shopper views come from it); other: bench/_other_wild.py, "
+        "a maker written apart from it",
+    )
     args = parser.parse_args()
     if args.catalogue:
         ids, photos, labels = folder_products(args.catalogue)
@@ -142,7 +158,7 @@ def main() -> None:
         file=sys.stderr,
     )
     started = time.perf_counter()
-    written = write_folder(args.out, ids, photos, labels, rows, args.seed)
+    written = write_folder(args.out, ids, photos, labels, rows, args.seed, args.maker)
     print(f"Wrote {written} wild photos to {args.out} in {time.perf_counter() - started:.0f} s.")
 
 
