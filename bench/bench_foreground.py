@@ -54,7 +54,8 @@ def folder_photos(folder: Path, n: int) -> list[tuple[bytes, tuple, str]]:
     with (folder / "boxes.csv").open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             box = tuple(float(row[k]) for k in ("x", "y", "w", "h"))
-            kind = json.loads(row["recipe"])["background"]
+            recipe = json.loads(row["recipe"])
+            kind = recipe.get("background") or recipe.get("scene", "?")  # ml.wild or other
             out.append(((folder / "images" / f"{row['id']}.jpg").read_bytes(), box, kind))
             if len(out) == n:
                 break
