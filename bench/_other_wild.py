@@ -56,18 +56,16 @@ class OtherPhoto:
 def product_and_mask(photo: Image.Image) -> tuple[Image.Image, Image.Image]:
     """The product cropped from its studio photo and its hard mask ("L", 255 inside)."""
     rgb = photo.convert("RGB")
-    edge = np.concatenate(
-        [np.asarray(rgb)[0], np.asarray(rgb)[-1], np.asarray(rgb)[:, 0], np.asarray(rgb)[:, -1]]
-    )
+    pixels = np.array(rgb)
+    edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     backdrop_colour = tuple(int(v) for v in np.median(edge, axis=0))
-    # Flood the backdrop from a one-pixel frame of its colour around the photo: what the flood
-    # reaches is backdrop, whatever it cannot reach is the product.
     # Studio backdrops brighten towards the middle: grey a little further from the frame's
     # colour counts as backdrop too.
-    pixels = np.asarray(rgb).copy()
     grey = np.ptp(pixels, axis=2) <= GREY_SPREAD
     distance = np.abs(pixels.astype(np.int16) - np.asarray(backdrop_colour, np.int16)).max(axis=2)
     pixels[grey & (distance <= GREY_TOLERANCE)] = backdrop_colour
+    # Flood the backdrop from a one-pixel frame of its colour around the photo: what the flood
+    # reaches is backdrop, whatever it cannot reach is the product.
     padded = Image.new("RGB", (rgb.width + 2, rgb.height + 2), backdrop_colour)
     padded.paste(Image.fromarray(pixels), (1, 1))
     ImageDraw.floodfill(padded, (0, 0), MARK, thresh=BACKDROP_TOLERANCE)

@@ -91,7 +91,10 @@ def write_folder(
     """Write the wild photos of ``rows`` with their labels and boxes; returns how many.
     ``maker``: ``shop`` (``ml.wild``, what tuning's shopper views are made with) or ``other``
     (``bench/_other_wild.py``, a maker the shop never trains on)."""
-    neighbours = [p for p in photos if p is not None]
+    # The other maker's shelves show other catalogue products: the photos that can be read.
+    neighbours = (
+        [p for p in photos if p is not None and Path(p).is_file()] if maker == "other" else []
+    )
     (out / "images").mkdir(parents=True, exist_ok=True)
     written = 0
     started = time.perf_counter()
