@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ml.evaluation import FEATURES, REFERENCE_NAME, REFERENCE_TABLE
+from ml.evaluation import FEATURES, REFERENCE_NAME, REFERENCE_TABLE, closed_set_name
 from ml.metrics import TOLERANCES, tolerance_key
 
 
@@ -68,25 +68,42 @@ def format_result(result: dict[str, Any]) -> list[str]:
 
 def _protocol_lines(protocol: dict[str, Any], models: list[dict[str, Any]]) -> list[str]:
     """The published protocol's figure (top-1 articleType on the most common types) of each
-    classifier, beside the published ones."""
-    top = len(protocol["top_types"])
-    key = f"articleType (top {top} types)"
+    classifier, on each set of types, answered among them and among every type; the
+    published figures beside them."""
+    sets = protocol.get("type_sets") or {f"top {len(protocol['top_types'])} types": []}
+    cols = [(closed_set_name(name), f"articleType ({name})") for name in sets]
+    width = 58 + 14 * 2 * len(cols) + 12
     lines = [
         "",
         f"Protocol {protocol['name']}: trained on {protocol['kept']} products of even years, "
         f"tested on {protocol['held']} of odd years; top-1 articleType, %:",
-        f"  {'classifier':<58}{f'top {top} types':>14}{'all types':>12}",
+        f"  {'':<58}" + "".join(f"{name[:26]:>28}" for name in sets),
+        f"  {'classifier':<58}"
+        + f"{'among them':>14}{'any type':>14}" * len(cols)
+        + f"{'all types':>12}",
     ]
     for model in models:
         for name, scores in (model.get("classifier") or {}).items():
-            if key in scores:
-                label = f"[{model['name']}] {name}"
-                lines.append(
-                    f"  {label:<58}{_pct(scores[key]):>14}{_pct(scores['articleType']):>12}"
-                )
+            if not any(key in scores for _, key in cols):
+                continue
+            cells = "".join(
+                f"{_pct(scores[c]) if c in scores else 'n/a':>14}"
+                f"{_pct(scores[k]) if k in scores else 'n/a':>14}"
+                for c, k in cols
+            )
+            label = f"[{model['name']}] {name}"
+            lines.append(f"  {label:<58}{cells}{_pct(scores['articleType']):>12}")
     for name, value in protocol["published"].items():
-        lines.append(f"  {name:<58}{_pct(value):>14}{'':>12}")
-    lines.append(f"  top {top} types: {', '.join(protocol['top_types'])}")
+        lines.append(f"  {name:<58}{'':>{width - 58 - 12 - 28}}{_pct(value):>14}")
+    for name, types in sets.items():
+        if types:
+            lines.append(f"  {name}: {', '.join(types)}")
+    lines.append(
+        "  'among them': the answer chosen among the set's types, as a classifier trained on "
+        "them alone answers (the published protocol); 'any type': it may name any type. The "
+        "published figures are on the catalogue's top types (the 20 most common of the whole "
+        "dataset), answered among them."
+    )
     return lines
 
 

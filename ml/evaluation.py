@@ -255,11 +255,14 @@ def score_rankings(
 
 
 def classifier_scores(
-    truth: Labels, predictions: Sequence[Prediction], top_types: Sequence[str] = ()
+    truth: Labels,
+    predictions: Sequence[Prediction],
+    type_sets: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, float]:
     """Accuracy of each head against the queries' true labels (subCategory, gender +
     articleType, baseColour), and articleType alone as the gender + articleType head names
-    it; with ``top_types``, articleType also on the queries of those types only."""
+    it; for each named set of ``type_sets``, articleType also on the queries of those types
+    only (key ``articleType (<name>)``)."""
     out = {}
     for head, field in (
         ("sub", "subCategory"),
@@ -275,11 +278,8 @@ def classifier_scores(
         if head == "type":
             article = np.asarray([v and split_derived_type(v)[1] for v in pred], object)
             out["articleType"] = metrics.classifier_accuracy(truth.article_type, article)
-            if top_types:
-                mask = np.isin(truth.article_type.astype(str), np.asarray(top_types, str))
-                out[f"articleType (top {len(top_types)} types)"] = metrics.classifier_accuracy(
-                    truth.article_type[mask], article[mask]
-                )
+            for name, types in (type_sets or {}).items():
+                out[f"articleType ({name})"] = type_set_accuracy(truth, article, types)
     return out
 
 
@@ -321,6 +321,34 @@ def head_predictions(headset, embeddings: np.ndarray) -> list[Prediction]:
             )
         out.append(Prediction(**answer))
     return out
+
+
+def articles_among(headset, embeddings: np.ndarray, types: Sequence[str]) -> np.ndarray:
+    """The articleType each query is given when the answer must be one of ``types``: the
+    gender + articleType head's probabilities summed over genders per type, the likeliest of
+    ``types`` taken. This is the answer of a classifier that knows only those types, as in
+    the published protocol (trained and tested on the 20 most common types alone)."""
+    x = np.atleast_2d(np.asarray(embeddings, np.float32))
+    head = headset.heads["type"]
+    column = {t: j for j, t in enumerate(types)}
+    member = np.zeros((len(head.classes), len(types)), np.float32)
+    for i, label in enumerate(head.classes):
+        j = column.get(split_derived_type(label)[1])
+        if j is not None:
+            member[i, j] = 1.0
+    summed = np.asarray(head.predict(x), np.float32) @ member
+    return np.asarray(types, dtype=object)[np.argmax(summed, axis=1)]
+
+
+def closed_set_name(name: str) -> str:
+    """The result key of articleType on a named set of types, answered among them only."""
+    return f"articleType ({name}, answered among them)"
+
+
+def type_set_accuracy(truth: Labels, articles: np.ndarray, types: Sequence[str]) -> float:
+    """articleType accuracy on the queries of ``types`` only."""
+    mask = np.isin(truth.article_type.astype(str), np.asarray(types, str))
+    return metrics.classifier_accuracy(truth.article_type[mask], np.asarray(articles)[mask])
 
 
 def projection_predictions(

@@ -3,6 +3,8 @@ splits, scores, the colour descriptor and the tuned projection's NumPy serving."
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -229,8 +231,26 @@ def test_classifier_scores_per_head():
         "gender+articleType": 0.5,
         "articleType": 0.5,  # the article part of the gender + articleType answer
     }
-    only_shirts = ev.classifier_scores(truth, preds, top_types=["Shirts"])
-    assert only_shirts["articleType (top 1 types)"] == 1.0
+    only_shirts = ev.classifier_scores(truth, preds, {"shirts alone": ["Shirts"]})
+    assert only_shirts["articleType (shirts alone)"] == 1.0
+
+
+def test_articles_among_sums_genders_and_answers_within_the_types():
+    head = SimpleNamespace(
+        classes=["Men|Shirts", "Women|Shirts", "Men|Kurtas", "Women|Jeans", "(other)"],
+        predict=lambda x: np.asarray(
+            [[0.3, 0.3, 0.35, 0.0, 0.05], [0.1, 0.0, 0.2, 0.15, 0.55]], np.float32
+        )[: len(x)],
+    )
+    headset = SimpleNamespace(heads={"type": head})
+    # first: Kurtas is the likeliest single class, but Shirts over both genders is likelier,
+    # and Kurtas is not among the types; second: "(other)" is no answer among them
+    articles = ev.articles_among(headset, np.zeros((2, 4)), ["Shirts", "Jeans"])
+    assert articles.tolist() == ["Shirts", "Jeans"]
+    truth = labels(["Shirts", "Kurtas"], subs=["Topwear", "Topwear"])
+    # the Kurtas query is not of the types: only the Shirts one counts
+    assert ev.type_set_accuracy(truth, articles, ["Shirts", "Jeans"]) == 1.0
+    assert ev.closed_set_name("top 2 types") == "articleType (top 2 types, answered among them)"
 
 
 def test_latency_summary():

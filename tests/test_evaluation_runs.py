@@ -259,8 +259,21 @@ def test_year_split_protocol_trains_on_even_years_and_asks_the_odd_ones(labelled
         for scores in model["classifier"].values():
             assert 0 <= scores["articleType (top 2 types)"] <= 1
             assert scores["articleType (top 2 types)"] == scores["articleType"]  # only 2 types
+        for name in ("photo-search heads", "the tuned backbone's heads"):
+            scores = model["classifier"].get(name)
+            if scores is None:
+                continue
+            for types in ("top 2 types", "the catalogue's top 2 types"):
+                # answered among the set's types, as the published protocol's classifier
+                among = scores[f"articleType ({types}, answered among them)"]
+                assert scores[f"articleType ({types})"] <= among <= 1
+    assert data["protocol"]["type_sets"] == {
+        "top 2 types": data["protocol"]["top_types"],
+        "the catalogue's top 2 types": data["protocol"]["catalogue_top_types"],
+    }
     assert "Protocol year-split: trained on 36 products of even years" in result.output
     assert "82.08" in result.output and "87.01" in result.output
+    assert "among them" in result.output and "the catalogue's top 2 types" in result.output
     with app.app_context():
         assert services.latest_results()["year-split"]["created_at"] == data["created_at"]
     mixed = app.test_cli_runner().invoke(

@@ -153,16 +153,18 @@ def run_year_split(
             "The year-split protocol needs products of both even and odd years: "
             f"{len(kept)} even, {len(held)} odd."
         )
-    counts = Counter(cat.labels.article_type[kept].tolist())
-    counts.pop(None, None)
-    top = tuple(t for t, _ in counts.most_common(PROTOCOL_TOP_TYPES))
+    top = most_common_types(cat.labels.article_type[kept])
+    published = most_common_types(cat.labels.article_type)
+    type_sets = {type_set_name(top): top, type_set_name(published, "the catalogue's "): published}
     if say:
         say(
             f"Year split: {len(kept)} products of even years indexed and trained on, "
             f"{len(held)} of odd years searched ({len(cat.ids) - len(kept) - len(held)} "
-            f"without a year left out); the {len(top)} most common training types scored apart."
+            f"without a year left out); the {len(top)} most common training types and the "
+            f"{len(published)} most common of the whole catalogue (the published table's "
+            "classes) scored apart."
         )
-    photo_queries = held_out_queries(cat, colours, kept, held, opts, say, top_types=top)
+    photo_queries = held_out_queries(cat, colours, kept, held, opts, say, type_sets=type_sets)
     return {
         "kind": YEAR_SPLIT,
         "queries_from": (
@@ -174,10 +176,25 @@ def run_year_split(
             "kept": int(len(kept)),
             "held": int(len(held)),
             "top_types": list(top),
+            "catalogue_top_types": list(published),
+            "type_sets": {name: list(types) for name, types in type_sets.items()},
             "published": PUBLISHED_TOP_TYPES,
         },
         "models": photo_models(cat, colours, photo_queries, opts, say),
     }
+
+
+def most_common_types(article_types: np.ndarray) -> tuple[str, ...]:
+    """The protocol's number of most common articleTypes among these products."""
+    counts = Counter(article_types.tolist())
+    counts.pop(None, None)
+    return tuple(t for t, _ in counts.most_common(PROTOCOL_TOP_TYPES))
+
+
+def type_set_name(types: tuple[str, ...], whose: str = "") -> str:
+    """A set of most common types as results name it: 'top 20 types' (the training years'),
+    "the catalogue's top 20 types"."""
+    return f"{whose}top {len(types)} types"
 
 
 def year_split(years: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +210,7 @@ def held_out_queries(
     held: np.ndarray,
     opts: Options,
     say: Say | None,
-    top_types: tuple[str, ...] = (),
+    type_sets: dict[str, tuple[str, ...]] | None = None,
 ) -> PhotoQueries:
     """The held rows searched as uploaded photos against the kept rows, with heads trained
     on the kept rows only."""
@@ -207,7 +224,7 @@ def held_out_queries(
         index_labels=cat.labels.take(kept),
         headset=headset,
         photos=sample_photos([cat.photos[i] for i in held], opts),
-        top_types=top_types,
+        type_sets=dict(type_sets or {}),
     )
 
 

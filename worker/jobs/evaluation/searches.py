@@ -44,7 +44,8 @@ class PhotoQueries:
     index_labels: ev.Labels
     headset: HeadSet | None  # the photo-search heads (trained without the queries)
     photos: list[Path]  # the photos timed one by one
-    top_types: tuple[str, ...] = ()  # articleType accuracy also on these types alone
+    # named sets of articleTypes: accuracy also on each set's queries alone
+    type_sets: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -138,10 +139,7 @@ def _photo_model(
             key: ranking_only[key]
             for key in ("table", "precision_at_k", "colour_match_at_k", "map_at_k")
         },
-        "classifier": {
-            name: ev.classifier_scores(run.query_labels, answer, run.top_types)
-            for name, answer in answers.items()
-        },
+        "classifier": _classifier_scores(built, run, answers),
         "levels": {lvl: levels.count(lvl) for lvl in sorted(set(levels))},
         "latency": latency(cat, built, run, shared, opts),
         "seconds": {"build": round(t1 - t0, 1), "rank": round(t2 - t1, 1)},
@@ -185,6 +183,29 @@ def _classifiers(
     preds = answers[chosen]
     available = {name: answer for name, answer in answers.items() if answer is not None}
     return (chosen if preds is not None else "none"), preds, available
+
+
+def _classifier_scores(
+    built: Built, run: PhotoQueries, answers: dict[str, list[ev.Prediction]]
+) -> dict[str, dict[str, float]]:
+    """Each classifier's accuracy; on each of the run's named type sets, the heads'
+    articleType also answered among that set's types alone (the published protocol's
+    closed set)."""
+    scores = {
+        name: ev.classifier_scores(run.query_labels, answer, run.type_sets)
+        for name, answer in answers.items()
+    }
+    heads = {TUNED_NAME: (built.headset, built.queries), HEADS_NAME: (run.headset, None)}
+    for name, (headset, vectors) in heads.items():
+        if name not in scores or headset is None:
+            continue
+        vectors = run.queries.vectors if vectors is None else vectors
+        for set_name, types in run.type_sets.items():
+            articles = ev.articles_among(headset, vectors, types)
+            scores[name][ev.closed_set_name(set_name)] = ev.type_set_accuracy(
+                run.query_labels, articles, types
+            )
+    return scores
 
 
 def latency(
