@@ -23,7 +23,7 @@ from ml import evaluation as ev
 from ml import search_levels
 from ml.heads import Prediction
 from tests.conftest import TEST_REDIS_URL, _make_app, add_product
-from webapp import registry
+from webapp import exclusive, healing, registry
 from webapp.extensions import db
 from webapp.models import Product
 from webapp.preferences import Preferences
@@ -602,18 +602,27 @@ def test_inactive_and_out_of_stock_products_are_never_shown(shop, web):
             db.session.commit()
 
 
-def test_no_served_model_fails_the_search_request_with_a_503(shop, web):
+def test_no_served_model_fails_the_search_request_with_a_503(shop, web, monkeypatch):
     app, _, media = shop
     client = redis.Redis.from_url(TEST_REDIS_URL)
     active = client.get("nbrs:active")
     client.delete("nbrs:active")
+    sent = []  # the heal task is recorded here, not left in the broker's queue
+
+    def send(name: str, args: tuple = (), kwargs: dict | None = None, **options):
+        sent.append(name)
+        return tasks.ml_heal_index.AsyncResult(f"heal-{len(sent)}")
+
+    monkeypatch.setattr(exclusive, "send_task", send)
     try:
         response = api_search(web, catalogue_photo(media, 2001), wait="1")
     finally:
         client.set("nbrs:active", active)
+        client.delete(healing.REQUESTED_KEY, exclusive.KEY.format(name=exclusive.INDEX))
     assert response.status_code == 503
     body = response.get_json()
     assert body["status"] == "failed" and "not ready yet" in body["message"]
+    assert sent == [healing.HEAL_TASK]  # the lists are asked to be built again
 
 
 # -- retention ---------------------------------------------------------------------------------
