@@ -77,7 +77,7 @@ def _protocol_lines(protocol: dict[str, Any], models: list[dict[str, Any]]) -> l
         "",
         f"Protocol {protocol['name']}: trained on {protocol['kept']} products of even years, "
         f"tested on {protocol['held']} of odd years; top-1 articleType, %:",
-        f"  {'':<58}" + "".join(f"{name[:26]:>28}" for name in sets),
+        f"  {'':<58}" + "".join(f"{name:^28}" for name in sets),
         f"  {'classifier':<58}"
         + f"{'among them':>14}{'any type':>14}" * len(cols)
         + f"{'all types':>12}",
