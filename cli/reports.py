@@ -72,7 +72,6 @@ def _protocol_lines(protocol: dict[str, Any], models: list[dict[str, Any]]) -> l
     published figures beside them."""
     sets = protocol.get("type_sets") or {f"top {len(protocol['top_types'])} types": []}
     cols = [(closed_set_name(name), f"articleType ({name})") for name in sets]
-    width = 58 + 14 * 2 * len(cols) + 12
     lines = [
         "",
         f"Protocol {protocol['name']}: trained on {protocol['kept']} products of even years, "
@@ -94,7 +93,8 @@ def _protocol_lines(protocol: dict[str, Any], models: list[dict[str, Any]]) -> l
             label = f"[{model['name']}] {name}"
             lines.append(f"  {label:<58}{cells}{_pct(scores['articleType']):>12}")
     for name, value in protocol["published"].items():
-        lines.append(f"  {name:<58}{'':>{width - 58 - 12 - 28}}{_pct(value):>14}")
+        # under the last set's "among them": the catalogue's types, as published
+        lines.append(f"  {name:<58}{'':>{28 * (len(cols) - 1)}}{_pct(value):>14}")
     for name, types in sets.items():
         if types:
             lines.append(f"  {name}: {', '.join(types)}")

@@ -323,20 +323,19 @@ def head_predictions(headset, embeddings: np.ndarray) -> list[Prediction]:
     return out
 
 
-def articles_among(headset, embeddings: np.ndarray, types: Sequence[str]) -> np.ndarray:
+def articles_among(classes: Sequence[str], probs: np.ndarray, types: Sequence[str]) -> np.ndarray:
     """The articleType each query is given when the answer must be one of ``types``: the
-    gender + articleType head's probabilities summed over genders per type, the likeliest of
-    ``types`` taken. This is the answer of a classifier that knows only those types, as in
-    the published protocol (trained and tested on the 20 most common types alone)."""
-    x = np.atleast_2d(np.asarray(embeddings, np.float32))
-    head = headset.heads["type"]
+    gender + articleType head's probabilities (``probs`` [n, len(classes)]) summed over
+    genders per type, the likeliest of ``types`` taken. This is the answer of a classifier
+    that knows only those types, as in the published protocol (trained and tested on the 20
+    most common types alone)."""
     column = {t: j for j, t in enumerate(types)}
-    member = np.zeros((len(head.classes), len(types)), np.float32)
-    for i, label in enumerate(head.classes):
+    member = np.zeros((len(classes), len(types)), np.float32)
+    for i, label in enumerate(classes):
         j = column.get(split_derived_type(label)[1])
         if j is not None:
             member[i, j] = 1.0
-    summed = np.asarray(head.predict(x), np.float32) @ member
+    summed = np.atleast_2d(np.asarray(probs, np.float32)) @ member
     return np.asarray(types, dtype=object)[np.argmax(summed, axis=1)]
 
 

@@ -3,8 +3,6 @@ splits, scores, the colour descriptor and the tuned projection's NumPy serving."
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -236,16 +234,11 @@ def test_classifier_scores_per_head():
 
 
 def test_articles_among_sums_genders_and_answers_within_the_types():
-    head = SimpleNamespace(
-        classes=["Men|Shirts", "Women|Shirts", "Men|Kurtas", "Women|Jeans", "(other)"],
-        predict=lambda x: np.asarray(
-            [[0.3, 0.3, 0.35, 0.0, 0.05], [0.1, 0.0, 0.2, 0.15, 0.55]], np.float32
-        )[: len(x)],
-    )
-    headset = SimpleNamespace(heads={"type": head})
+    classes = ["Men|Shirts", "Women|Shirts", "Men|Kurtas", "Women|Jeans", "(other)"]
+    probs = np.asarray([[0.3, 0.3, 0.35, 0.0, 0.05], [0.1, 0.0, 0.2, 0.15, 0.55]], np.float32)
     # first: Kurtas is the likeliest single class, but Shirts over both genders is likelier,
     # and Kurtas is not among the types; second: "(other)" is no answer among them
-    articles = ev.articles_among(headset, np.zeros((2, 4)), ["Shirts", "Jeans"])
+    articles = ev.articles_among(classes, probs, ["Shirts", "Jeans"])
     assert articles.tolist() == ["Shirts", "Jeans"]
     truth = labels(["Shirts", "Kurtas"], subs=["Topwear", "Topwear"])
     # the Kurtas query is not of the types: only the Shirts one counts

@@ -195,13 +195,19 @@ def _classifier_scores(
         name: ev.classifier_scores(run.query_labels, answer, run.type_sets)
         for name, answer in answers.items()
     }
-    heads = {TUNED_NAME: (built.headset, built.queries), HEADS_NAME: (run.headset, None)}
+    if not run.type_sets:
+        return scores
+    heads = {
+        TUNED_NAME: (built.headset, built.queries),
+        HEADS_NAME: (run.headset, run.queries.vectors),
+    }
     for name, (headset, vectors) in heads.items():
         if name not in scores or headset is None:
             continue
-        vectors = run.queries.vectors if vectors is None else vectors
+        head = headset.heads["type"]
+        probs = head.predict(np.atleast_2d(np.asarray(vectors, np.float32)))  # once per head
         for set_name, types in run.type_sets.items():
-            articles = ev.articles_among(headset, vectors, types)
+            articles = ev.articles_among(head.classes, probs, types)
             scores[name][ev.closed_set_name(set_name)] = ev.type_set_accuracy(
                 run.query_labels, articles, types
             )
