@@ -63,6 +63,10 @@ class AsModel:
         """The source backbone's vectors."""
         return self.inner.embed(images, **options)
 
+    def embed_query(self, images: list, **options: Any) -> np.ndarray:
+        """The source backbone's vectors of uploaded photos."""
+        return self.inner.embed_query(images, **options)
+
 
 def percentiles(values: list[float]) -> dict[str, float]:
     """p50 and p95 in ms of seconds."""
@@ -79,7 +83,7 @@ def search_latency(model_id: str, backbone: Any, photos: list[Path]) -> dict[str
     for i, photo in enumerate(photos):
         t0 = time.perf_counter()
         image = load_image_reduced(photo, backbone.input_size)
-        query = backbone.embed([image])[0]
+        query = backbone.embed_query([image])[0]
         t1 = time.perf_counter()
         answer = rank_photo(model_id, query, Preferences(), 12)
         t2 = time.perf_counter()
@@ -169,7 +173,7 @@ def main() -> None:
     with app.app_context():
         backbone = backbone_for(args.source_model)
         if args.prepare:
-            backbone.embed([load_image_reduced(chosen[0], backbone.input_size)])
+            backbone.embed_query([load_image_reduced(chosen[0], backbone.input_size)])
             print(json.dumps({"prepared": args.source_model}))
             return
         result = search_latency(args.model_id, backbone, chosen[:-1])

@@ -117,6 +117,13 @@ class Backbone:
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         return (emb / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
+    def embed_query(
+        self, images: Sequence[ImageSource] | np.ndarray, batch_size: int = 64
+    ) -> np.ndarray:
+        """Embed uploaded photos as photo search does: as catalogue photos are (a tuned
+        backbone averages an upload over more views, ``TunedBackbone.embed_query``)."""
+        return self.embed(images, batch_size)
+
 
 def make_model_id(name: str, digest: str, input_size: int, pooling: str) -> str:
     """``<name>-<weights digest>-<input size>-<pooling>``, safe for file names and Redis keys."""

@@ -10,7 +10,7 @@ from ml.colour import ColourDescriptor
 from ml.heads import Head, HeadSet
 from ml.tuned.config import TuneConfig, base_model_id, cut_layer, is_tuned_id
 from ml.tuned.feature_maps import FeatureMaps
-from ml.tuned.network import TunedNetwork
+from ml.tuned.network import QUERY_SHIFTS, TunedNetwork
 from ml.tuned.temperature import fit_temperature
 from ml.tuned.training import train_network
 
@@ -101,6 +101,36 @@ def test_photos_and_stored_maps_give_the_same_embedding(trained, data):
     np.testing.assert_allclose(np.linalg.norm(from_photos, axis=1), 1.0, atol=1e-5)
     # maps are stored as half floats: the two agree to well within a ranking's resolution
     assert np.min(np.sum(from_photos * from_maps, axis=1)) > 0.999
+
+
+def test_an_upload_is_embedded_over_the_shifted_views_of_its_maps(trained, data, monkeypatch):
+    images, _ = data
+    tiny, _, _, maps, colours, network, _ = trained
+    embedder = network.backbone(tiny)
+    seen = []
+    features = embedder._features
+
+    def recorded(part, views):
+        seen.append((part, views))
+        return features(part, views)
+
+    monkeypatch.setattr(embedder, "_features", recorded)
+    uploads = embedder.embed_query(images[:6])
+    # the top of the network sees the maps of the photo and of its mirror image, each moved
+    # by each of QUERY_SHIFTS (wrapping around, as training shifts them)
+    ((part, views),) = seen
+    assert part == "top" and len(views) == 2 * len(QUERY_SHIFTS) and len(QUERY_SHIFTS) > 1
+    fresh = np.stack([views[0], views[len(QUERY_SHIFTS)]], axis=1)  # the unshifted views
+    np.testing.assert_allclose(fresh, maps[:6].astype(np.float32), atol=2e-2)
+    for i, shift in enumerate(QUERY_SHIFTS):
+        for v in (0, 1):
+            np.testing.assert_array_equal(
+                views[v * len(QUERY_SHIFTS) + i], np.roll(fresh[:, v], shift, axis=(1, 2))
+            )
+    # the evaluation embeds held-out catalogue rows from their stored maps the same way
+    from_maps = embedder.embed_maps(maps[:6], colours[:6], query=True)
+    assert np.min(np.sum(uploads * from_maps, axis=1)) > 0.999
+    assert len(seen) == 2 and len(seen[1][1]) == 2 * len(QUERY_SHIFTS)
 
 
 def test_heads_are_the_trained_classifiers_folded_into_the_embedding(trained):

@@ -37,19 +37,21 @@ class FeatureMaps:
 
     def compute(self, images: Sequence[ImageSource], batch_size: int = 64) -> np.ndarray:
         """float16 [n, views * h * w * c]: the maps of each photo (and of its mirror image)."""
-        run = runtime.runner(
-            self._model, f"{self.backbone.model_id}-to-{self.cut}", self.backbone.cache_dir
-        )
         parts = []
         batches = iter_square_batches(images, self.backbone.input_size, batch_size)
         for batch in read_ahead(batches):
-            x = self.backbone.prepare(batch)
-            views = [x, x[:, :, ::-1]] if self.mirror else [x]
-            out = np.asarray(run(np.concatenate(views))).reshape(
-                len(views), len(batch), *self.shape
-            )
-            parts.append(np.stack(list(out), axis=1).reshape(len(batch), -1).astype(np.float16))
+            maps = self.of_prepared(self.backbone.prepare(batch))
+            parts.append(maps.reshape(len(batch), -1).astype(np.float16))
         return np.concatenate(parts, axis=0)
+
+    def of_prepared(self, x: np.ndarray) -> np.ndarray:
+        """float32 [n, views, h, w, c]: the maps of a prepared batch (and of its mirror image)."""
+        run = runtime.runner(
+            self._model, f"{self.backbone.model_id}-to-{self.cut}", self.backbone.cache_dir
+        )
+        views = [x, x[:, :, ::-1]] if self.mirror else [x]
+        out = np.asarray(run(np.concatenate(views)), np.float32)
+        return np.stack(list(out.reshape(len(views), len(x), *self.shape)), axis=1)
 
     def unflatten(self, rows: np.ndarray) -> np.ndarray:
         """[n, views, h, w, c] view of flat map rows."""

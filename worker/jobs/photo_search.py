@@ -252,7 +252,7 @@ def search_photo(
     catalogue_index(model_id)  # a catalogue not embedded yet answers 503 before any decoding
     photo = read_query(relative_path, backbone.input_size, crop)
     embed_started = time.perf_counter()
-    query = backbone.embed([photo.image])[0]
+    query = backbone.embed_query([photo.image])[0]
     rank_started = time.perf_counter()
     answer = rank_photo(model_id, query, prefs, n, all_categories, exclude)
     ended = time.perf_counter()

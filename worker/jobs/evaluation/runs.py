@@ -254,7 +254,7 @@ def run_queries(
     if say:
         say(f"Embedding {len(photos)} query photos with {cat.model_id}...")
     images = [load_image(str(p)) for p in photos]
-    qv = backbone.embed(images, batch_size=current_app.config["EMBEDDING_BATCH_SIZE"])
+    qv = backbone.embed_query(images, batch_size=current_app.config["EMBEDDING_BATCH_SIZE"])
     qc = ColourDescriptor().describe(images) if colours is not None else None
     headset = served_heads(cat.model_id)
     photo_queries = PhotoQueries(

@@ -226,12 +226,12 @@ def latency(
         return {"what": "not measured: the model's backbone cannot be built here"}
     heads = built.headset or run.headset
     descriptor = ColourDescriptor()
-    backbone.embed([load_image(str(photos[0]))])  # the first call builds the graph
+    backbone.embed_query([load_image(str(photos[0]))])  # the first call builds the graph
     times = []
     for path in photos:
         t0 = time.perf_counter()
         img = load_image(str(path))
-        e = backbone.embed([img])
+        e = backbone.embed_query([img])
         if built.head in ("plain", "tuned"):
             q = e  # a tuned backbone's embedding already holds the colour descriptor
         elif built.head == "colour":

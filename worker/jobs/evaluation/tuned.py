@@ -21,9 +21,15 @@ from worker.jobs.evaluation.options import EvaluationError, Options, Say
 
 
 def tuned_network(
-    cat: Catalogue, colours: np.ndarray, train_rows: np.ndarray, opts: Options, say: Say | None
-) -> tuple[TunedNetwork, np.ndarray]:
-    """(network, its embedding of every catalogue row)."""
+    cat: Catalogue,
+    colours: np.ndarray,
+    train_rows: np.ndarray,
+    opts: Options,
+    say: Say | None,
+    query_rows: np.ndarray | None = None,
+) -> tuple[TunedNetwork, np.ndarray, np.ndarray | None]:
+    """(network, its embedding of every catalogue row, its embedding of ``query_rows``'
+    photos as photo search embeds an upload; None without query rows)."""
     base = backbone_for(cat.model_id)
     if base is None:
         raise EvaluationError(f"The backbone of {cat.model_id} cannot be built here.")
@@ -31,15 +37,21 @@ def tuned_network(
     if len(train_rows) == len(cat.ids) and not opts.retrain:
         network = _served_network(cat.model_id, opts.network)
         stored = _stored_vectors(network, cat) if network is not None else None
-        if stored is not None:
+        if stored is not None and query_rows is None:
             if say:
                 say(f"Tuned backbone {network.model_id}: its stored embeddings.")
-            return network, stored
+            return network, stored, None
     config = tuning.tune_config() if network is None else network.config
     maps = _feature_maps(base, config, cat, say)
     if network is None:
         network = _trained_network(base, config, maps, colours, cat, train_rows, opts, say)
-    return network, network.backbone(base).embed_maps(maps, colours)
+    embedder = network.backbone(base)
+    queries = None
+    if query_rows is not None:
+        if say:
+            say(f"Embedding {len(query_rows)} query photos as uploads ({network.model_id})...")
+        queries = embedder.embed_maps(maps[query_rows], colours[query_rows], query=True)
+    return network, embedder.embed_maps(maps, colours), queries
 
 
 def _served_network(base_id: str, tuned_id: str | None) -> TunedNetwork | None:

@@ -86,17 +86,18 @@ def _projected(cat, colours, index_rows, queries, train_rows, opts, say) -> Buil
 
 def _tuned(cat, colours, index_rows, queries, train_rows, opts, say) -> Built:
     """The tuned backbone's embedding of the index rows and the queries, with its heads."""
-    network, vectors = tuned_network(cat, colours, train_rows, opts, say)
+    network, vectors, query_tuned = tuned_network(
+        cat, colours, train_rows, opts, say, query_rows=queries.rows
+    )
     embedder = network.backbone(backbone_for(cat.model_id))
-    if queries.rows is not None:
-        query_tuned = vectors[queries.rows]
-    elif queries.images:
+    # Held-out catalogue rows come embedded from their stored maps, as uploads are embedded.
+    if query_tuned is None and queries.images:
         if say:
             say(f"Embedding {len(queries.images)} query photos with {network.model_id}...")
-        query_tuned = embedder.embed(
+        query_tuned = embedder.embed_query(
             queries.images, batch_size=current_app.config["EMBEDDING_BATCH_SIZE"]
         )
-    else:
+    elif query_tuned is None:
         query_tuned = np.empty((0, vectors.shape[1]), np.float32)
     return Built(
         "tuned",

@@ -112,7 +112,7 @@ def run_wild(
     if say:
         say(f"Reading {len(wild.photos)} wild photos as uploads and embedding them...")
     images, step = as_uploaded(wild.photos, backbone.input_size, opts.foreground)
-    vectors = backbone.embed(images, batch_size=current_app.config["EMBEDDING_BATCH_SIZE"])
+    vectors = backbone.embed_query(images, batch_size=current_app.config["EMBEDDING_BATCH_SIZE"])
     described = ColourDescriptor().describe(images) if colours is not None else None
     queries = Queries(vectors, described, images=images)
     run = dataclasses.replace(studio, queries=queries, photos=[])
