@@ -1,8 +1,9 @@
 """What the catalogue-tuned backbone costs next to the plain one it was tuned from.
 
 On real catalogue photos, with the newest tuned network in the model folder (``flask model
-tune`` makes one): one photo at a time as photo search embeds it (decode, both views of the
-tuned network, colour descriptor), a batch as a catalogue build embeds it, the same batch
+tune`` makes one): one photo at a time as photo search embeds it (decode, the tuned
+network's upload views, colour descriptor) and, for the tuned network, as a catalogue photo
+is embedded (its two views), a batch as a catalogue build embeds it, the same batch
 from stored feature maps (what ``model tune`` does for the whole catalogue), and one training
 epoch over a sample of stored maps. The plain backbone is the baseline of every ratio.
 
@@ -33,13 +34,14 @@ def per_second(fn, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def single_ms(embedder, photos: list[Path]) -> tuple[float, float]:
-    """p50 / p95 milliseconds to embed one photo (decode included), after a warm-up."""
-    embedder.embed([photos[0]])
+def single_ms(embed, photos: list[Path]) -> tuple[float, float]:
+    """p50 / p95 milliseconds to embed one photo (decode included) with ``embed``, after a
+    warm-up."""
+    embed([photos[0]])
     times = []
     for path in photos:
         t0 = time.perf_counter()
-        embedder.embed([path])
+        embed([path])
         times.append(1000 * (time.perf_counter() - t0))
     return float(np.percentile(times, 50)), float(np.percentile(times, 95))
 
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with app.app_context():
         from ml.tuned.feature_maps import FeatureMaps
-        from ml.tuned.network import TunedNetwork
+        from ml.tuned.network import QUERY_SHIFTS, TunedNetwork
         from ml.tuned.training import train_network
         from webapp import registry
         from worker.jobs import tuning
@@ -84,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         load_before = os.getloadavg()[0]
         batch = app.config["EMBEDDING_BATCH_SIZE"]
         results = {
-            "single": {m.model_id: single_ms(m, photos[: args.single]) for m in (base, tuned)},
+            "single": {
+                m.model_id: single_ms(m.embed_query, photos[: args.single]) for m in (base, tuned)
+            },
+            # the tuned network's two catalogue views, against the upload's QUERY_SHIFTS views
+            "single_catalogue": single_ms(tuned.embed, photos[: args.single]),
             "batch": {
                 m.model_id: per_second(lambda m=m: m.embed(photos, batch_size=batch), len(photos))
                 for m in (base, tuned)
@@ -127,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{'one photo, p50 ms (' + str(args.single) + ' photos)':<52} {p50[0]:>10.1f} {p50[1]:>10.1f} {p50[1] / p50[0]:>11.2f}x"
     )
     print(f"{'one photo, p95 ms':<52} {p95[0]:>10.1f} {p95[1]:>10.1f} {p95[1] / p95[0]:>11.2f}x")
+    cat_p50, cat_p95 = results["single_catalogue"]
+    print(
+        f"{'  tuned: as a catalogue photo (2 views), p50 / p95 ms':<52} {'':>10} "
+        f"{cat_p50:>5.1f} /{cat_p95:>4.1f}  (upload: {2 * len(QUERY_SHIFTS)} views)"
+    )
     print(
         f"{'catalogue photos/s, batch ' + str(batch) + ' (' + str(len(photos)) + ')':<52} {thr[0]:>10.1f} {thr[1]:>10.1f} {thr[1] / thr[0]:>11.2f}x"
     )
