@@ -12,7 +12,7 @@ import numpy as np
 
 from ml.tuned.config import cut_layer
 from ml.tuned.feature_maps import FeatureMaps
-from ml.tuned.network import TunedNetwork
+from ml.tuned.network import TunedBackbone, TunedNetwork
 from webapp import registry
 from worker.jobs import tuning
 from worker.jobs.evaluation.artefacts import artefact_folder, rows_tag
@@ -27,9 +27,9 @@ def tuned_network(
     opts: Options,
     say: Say | None,
     query_rows: np.ndarray | None = None,
-) -> tuple[TunedNetwork, np.ndarray, np.ndarray | None]:
-    """(network, its embedding of every catalogue row, its embedding of ``query_rows``'
-    photos as photo search embeds an upload; None without query rows)."""
+) -> tuple[TunedBackbone, np.ndarray, np.ndarray | None]:
+    """(the network's embedder, its embedding of every catalogue row, its embedding of
+    ``query_rows``' photos as photo search embeds an upload; None without query rows)."""
     base = backbone_for(cat.model_id)
     if base is None:
         raise EvaluationError(f"The backbone of {cat.model_id} cannot be built here.")
@@ -40,7 +40,7 @@ def tuned_network(
         if stored is not None and query_rows is None:
             if say:
                 say(f"Tuned backbone {network.model_id}: its stored embeddings.")
-            return network, stored, None
+            return network.backbone(base), stored, None
     config = tuning.tune_config() if network is None else network.config
     maps = _feature_maps(base, config, cat, say)
     if network is None:
@@ -51,7 +51,7 @@ def tuned_network(
         if say:
             say(f"Embedding {len(query_rows)} query photos as uploads ({network.model_id})...")
         queries = embedder.embed_maps(maps[query_rows], colours[query_rows], query=True)
-    return network, embedder.embed_maps(maps, colours), queries
+    return embedder, embedder.embed_maps(maps, colours), queries
 
 
 def _served_network(base_id: str, tuned_id: str | None) -> TunedNetwork | None:

@@ -12,7 +12,7 @@ from flask import current_app
 from ml.colour import fuse
 from ml.projection import FusionWeights
 from worker.jobs.evaluation.artefacts import trained_projection, type_to_sub
-from worker.jobs.evaluation.catalogue import Catalogue, backbone_for
+from worker.jobs.evaluation.catalogue import Catalogue
 from worker.jobs.evaluation.options import HEADS, EvaluationError, Options, Say
 from worker.jobs.evaluation.tuned import tuned_network
 
@@ -86,19 +86,20 @@ def _projected(cat, colours, index_rows, queries, train_rows, opts, say) -> Buil
 
 def _tuned(cat, colours, index_rows, queries, train_rows, opts, say) -> Built:
     """The tuned backbone's embedding of the index rows and the queries, with its heads."""
-    network, vectors, query_tuned = tuned_network(
+    embedder, vectors, query_tuned = tuned_network(
         cat, colours, train_rows, opts, say, query_rows=queries.rows
     )
-    embedder = network.backbone(backbone_for(cat.model_id))
+    network = embedder.network
     # Held-out catalogue rows come embedded from their stored maps, as uploads are embedded.
-    if query_tuned is None and queries.images:
-        if say:
-            say(f"Embedding {len(queries.images)} query photos with {network.model_id}...")
-        query_tuned = embedder.embed_query(
-            queries.images, batch_size=current_app.config["EMBEDDING_BATCH_SIZE"]
-        )
-    elif query_tuned is None:
-        query_tuned = np.empty((0, vectors.shape[1]), np.float32)
+    if query_tuned is None:
+        if queries.images:
+            if say:
+                say(f"Embedding {len(queries.images)} query photos with {network.model_id}...")
+            query_tuned = embedder.embed_query(
+                queries.images, batch_size=current_app.config["EMBEDDING_BATCH_SIZE"]
+            )
+        else:
+            query_tuned = np.empty((0, vectors.shape[1]), np.float32)
     return Built(
         "tuned",
         network.model_id,
