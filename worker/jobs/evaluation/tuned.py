@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,18 @@ def _feature_maps(base: Any, config: Any, cat: Catalogue, say: Say | None) -> np
     return maps
 
 
+def network_folder(cat: Catalogue, config: Any, train_rows: np.ndarray) -> Path:
+    """Where the evaluation keeps the network trained with ``config`` on ``train_rows``."""
+    tag = hashlib.sha256(
+        (
+            json.dumps(config.as_dict(), sort_keys=True)
+            + rows_tag(cat.ids[train_rows])
+            + f"val{tuning.VAL_FRACTION}"
+        ).encode()
+    ).hexdigest()[:10]
+    return artefact_folder(cat.model_id) / f"network-{tag}"
+
+
 def _trained_network(
     base: Any,
     config: Any,
@@ -99,14 +112,7 @@ def _trained_network(
     """A network trained on ``train_rows`` only, as ``model tune`` trains: a share of the
     rows it may see held back to validate and to calibrate the classifiers' confidences
     (never a query row)."""
-    tag = hashlib.sha256(
-        (
-            json.dumps(config.as_dict(), sort_keys=True)
-            + rows_tag(cat.ids[train_rows])
-            + f"val{tuning.VAL_FRACTION}"
-        ).encode()
-    ).hexdigest()[:10]
-    folder = artefact_folder(cat.model_id) / f"network-{tag}"
+    folder = network_folder(cat, config, train_rows)
     if (folder / "meta.json").exists() and not opts.retrain:
         return TunedNetwork.load(folder)
     labels = tuning.catalogue_labels(cat.ids)
