@@ -30,7 +30,6 @@ import numpy as np  # noqa: E402
 from ml import evaluation as ev  # noqa: E402
 from ml.provenance import git_commit, machine  # noqa: E402
 from ml.tuned.config import cut_layer  # noqa: E402
-from ml.tuned.feature_maps import FeatureMaps  # noqa: E402
 from ml.tuned.network import TunedNetwork  # noqa: E402
 
 DEFAULT = "default"
@@ -52,13 +51,12 @@ def main() -> int:
     from worker.jobs.evaluation.artefacts import type_to_sub
     from worker.jobs.evaluation.catalogue import (
         backbone_for,
-        catalogue_rows,
         colour_descriptors,
         load_catalogue,
         resolve_model,
     )
     from worker.jobs.evaluation.runs import most_common_types, year_split
-    from worker.jobs.evaluation.tuned import network_folder
+    from worker.jobs.evaluation.tuned import catalogue_feature_maps, network_folder
 
     app = create_app()
     with app.app_context():
@@ -88,11 +86,10 @@ def main() -> int:
                 )
                 return 2
             network = TunedNetwork.load(folder)
-            maps_of = FeatureMaps(base, cut_layer(base, config), config.mirror)
-            _, maps = tuning.feature_maps(maps_of, catalogue_rows(cat))
+            maps = catalogue_feature_maps(base, config, cat, None)
             vectors = network.backbone(base).embed_maps(maps[held], colours[held], query=True)
             head = network.headset(type_to_sub_map).heads["type"]
-            name = f"{network.model_id} (cut {maps_of.cut})"
+            name = f"{network.model_id} (cut {cut_layer(base, config)})"
             rows.append((name, list(head.classes), head.predict(vectors)))
             del maps
         if len(rows) > 1:

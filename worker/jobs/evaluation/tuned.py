@@ -43,7 +43,7 @@ def tuned_network(
                 say(f"Tuned backbone {network.model_id}: its stored embeddings.")
             return network.backbone(base), stored, None
     config = tuning.tune_config() if network is None else network.config
-    maps = _feature_maps(base, config, cat, say)
+    maps = catalogue_feature_maps(base, config, cat, say)
     if network is None:
         network = _trained_network(base, config, maps, colours, cat, train_rows, opts, say)
     embedder = network.backbone(base)
@@ -72,7 +72,7 @@ def _stored_vectors(network: TunedNetwork, cat: Catalogue) -> np.ndarray | None:
     return np.asarray(stored.load()[1])[positions]
 
 
-def _feature_maps(base: Any, config: Any, cat: Catalogue, say: Say | None) -> np.ndarray:
+def catalogue_feature_maps(base: Any, config: Any, cat: Catalogue, say: Say | None) -> np.ndarray:
     """Every catalogue photo's feature maps at the network's cut (stored; computed only
     where missing)."""
     fm = FeatureMaps(base, cut_layer(base, config), config.mirror)
